@@ -1,0 +1,132 @@
+"""Argument validation and random draws shared by the math modules.
+
+Everything here runs before or after a solve, never inside a solver step, except ``check_finite``
+which the dynamics objects call on every evaluation (a host sync; see its docstring).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``float(value)`` or raise ValueError/TypeError naming ``name`` unless it is finite and > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (value > 0.0 and value < float("inf")):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def check_eps(eps: float, T: float, name: str = "eps") -> float:
+    """Validate the smallest time of a solve: a real number in [0, T)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{name} must be a real number in [0, {T}), got {type(eps).__name__}")
+    eps = float(eps)
+    if not (0.0 <= eps < T):
+        raise ValueError(f"{name} must lie in [0, T) = [0, {T}), got {eps}")
+    return eps
+
+
+def check_data(name: str, x: Tensor, min_ndim: int = 2) -> None:
+    """Raise unless ``x`` is a floating tensor of shape (B, *shape) with only finite entries."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have shape (B, *shape) with at least {min_ndim} dims, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+def check_finite(name: str, value: Tensor, t: Tensor | float) -> None:
+    """Raise FloatingPointError naming the time ``t`` if ``value`` has a NaN or inf entry.
+
+    One reduction and one host sync per call; the solvers that call it (torchsde, torchdiffeq adaptive
+    stepping) already synchronise every step.
+    """
+    if not bool(torch.isfinite(value).all()):
+        tt = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        raise FloatingPointError(f"non-finite {name} at t = {tt:.6g}")
+
+
+def as_time(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
+    """Broadcast a time (float, 0-d or (B,) tensor) to a (B,) tensor with ``like``'s dtype and device."""
+    if isinstance(t, Tensor):
+        t = t.to(dtype=like.dtype, device=like.device)
+        if t.ndim == 0:
+            return t.expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a float, a 0-d tensor or shaped (B,) = ({batch},); got {tuple(t.shape)}")
+        return t
+    return torch.full((batch,), float(t), dtype=like.dtype, device=like.device)
+
+
+def generators(generator: Generator, batch: int) -> list[torch.Generator] | torch.Generator | None:
+    """Validate a ``generator`` argument: None, one torch.Generator, or a list of ``batch`` of them."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch:
+            raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {batch} samples")
+        return list(generator)
+    raise TypeError("generator must be a torch.Generator, a list of them (one per sample), or None")
+
+
+def randn(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Standard normal draw of ``shape``; with a list of generators, row k comes from generator k alone.
+
+    Draws happen on the generator's device and move to ``device``, so a CPU generator gives the same
+    numbers whatever device the result lives on.
+    """
+    shape = tuple(int(s) for s in shape)
+    gens = generators(generator, shape[0])
+    dtype = dtype or torch.get_default_dtype()
+    if isinstance(gens, list):
+        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
+        return torch.stack(rows).to(device)
+    if gens is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=gens, device=gens.device, dtype=dtype).to(device)
+
+
+def rand(
+    shape: Sequence[int],
+    generator: Generator = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Uniform [0, 1) draw of ``shape`` with the same per-sample generator rule as :func:`randn`."""
+    shape = tuple(int(s) for s in shape)
+    gens = generators(generator, shape[0])
+    dtype = dtype or torch.get_default_dtype()
+    if isinstance(gens, list):
+        rows = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
+        return torch.stack(rows).to(device)
+    if gens is None:
+        return torch.rand(shape, device=device, dtype=dtype)
+    return torch.rand(shape, generator=gens, device=gens.device, dtype=dtype).to(device)
+
+
+def seed_from(generator: torch.Generator | None) -> int:
+    """Draw a 62-bit integer seed from ``generator`` (or from torch's global RNG when None)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu" if generator is None else generator.device))
+
+
+def bcast(v: Tensor, x: Tensor) -> Tensor:
+    """Reshape a (B,) tensor to broadcast against ``x`` of shape (B, *shape)."""
+    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
