@@ -1,8 +1,30 @@
 """diffscore: score-based generative modeling with SDEs (Song & Ermon 2019; Song et al. 2021)."""
 
 from . import oracles
+from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
+from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
+from .sampling import sample
+from .score import ScoreModel
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 
 __version__ = "0.1.0"
 
-__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "oracles"]
+__all__ = [
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "SubVPSDE",
+    "ScoreModel",
+    "ForwardSDE",
+    "ReverseSDE",
+    "ProbabilityFlowODE",
+    "LikelihoodODE",
+    "sample",
+    "encode",
+    "decode",
+    "log_likelihood",
+    "bits_per_dim",
+    "LikelihoodResult",
+    "BitsPerDimResult",
+    "oracles",
+]

@@ -41,7 +41,9 @@ def check_data(name: str, x: Tensor, min_ndim: int = 2) -> None:
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if x.ndim < min_ndim:
-        raise ValueError(f"{name} must have shape (B, *shape) with at least {min_ndim} dims, got {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must have shape (B, *shape) with at least {min_ndim} dims, got {tuple(x.shape)}"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{name} has an empty batch")
     if not bool(torch.isfinite(x).all()):
@@ -66,7 +68,9 @@ def as_time(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
         if t.ndim == 0:
             return t.expand(batch)
         if t.shape != (batch,):
-            raise ValueError(f"t must be a float, a 0-d tensor or shaped (B,) = ({batch},); got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must be a float, a 0-d tensor or shaped (B,) = ({batch},); got {tuple(t.shape)}"
+            )
         return t
     return torch.full((batch,), float(t), dtype=like.dtype, device=like.device)
 
@@ -77,7 +81,9 @@ def generators(generator: Generator, batch: int) -> list[torch.Generator] | torc
         return generator
     if isinstance(generator, Sequence) and all(isinstance(g, torch.Generator) for g in generator):
         if len(generator) != batch:
-            raise ValueError(f"generator is a list of {len(generator)} generators but the batch has {batch} samples")
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but the batch has {batch} samples"
+            )
         return list(generator)
     raise TypeError("generator must be a torch.Generator, a list of them (one per sample), or None")
 
@@ -124,7 +130,11 @@ def rand(
 
 def seed_from(generator: torch.Generator | None) -> int:
     """Draw a 62-bit integer seed from ``generator`` (or from torch's global RNG when None)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device="cpu" if generator is None else generator.device))
+    return int(
+        torch.randint(
+            0, 2**62, (1,), generator=generator, device="cpu" if generator is None else generator.device
+        )
+    )
 
 
 def bcast(v: Tensor, x: Tensor) -> Tensor:

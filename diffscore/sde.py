@@ -5,9 +5,9 @@ eqs. (9), (11), (30)-(33) and Appendix B. Every SDE here has a linear drift ``f(
 diffusion ``g(t)`` that depends on t alone, so the transition kernels are Gaussian:
 ``x_t | x_0 ~ N(alpha(t) x_0, std(t)^2 I)``.
 
-The VE variance is the exact one of the SDE started at t = 0, ``sigma_min^2 ((sigma_max/sigma_min)^(2t) - 1)``,
-computed with ``expm1``; the reference implementation uses ``sigma(t)^2``, which differs by
-``sigma_min^2`` (1e-4 at the defaults).
+The VE variance is the exact one of the SDE started at t = 0,
+``sigma_min^2 ((sigma_max/sigma_min)^(2t) - 1)``, computed with ``expm1``; the reference
+implementation uses ``sigma(t)^2``, which differs by ``sigma_min^2`` (1e-4 at the defaults).
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ class SDE(ABC):
         elif not t.is_floating_point():
             t = t.to(torch.get_default_dtype())
         if bool(((t < 0) | (t > self.T) | torch.isnan(t)).any()):
-            raise ValueError(f"t must lie in [0, T] = [0, {self.T}]; got values in [{float(t.min())}, {float(t.max())}]")
+            raise ValueError(
+                f"t must lie in [0, T] = [0, {self.T}]; got values in [{float(t.min())}, {float(t.max())}]"
+            )
         return t
 
     def _time(self, t: Tensor | float, batch: int, like: Tensor) -> Tensor:
@@ -172,7 +174,9 @@ class VESDE(SDE):
         self.sigma_min = check_positive("sigma_min", sigma_min)
         self.sigma_max = check_positive("sigma_max", sigma_max)
         if not self.sigma_max > self.sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ValueError(
+                f"sigma_max must exceed sigma_min, got sigma_min={sigma_min}, sigma_max={sigma_max}"
+            )
         self._logr = math.log(self.sigma_max / self.sigma_min) / self.T
 
     @property
@@ -209,8 +213,10 @@ class VPSDE(SDE):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise TypeError(f"{name} must be a finite real number, got {v!r}")
         if not (0 <= beta_min <= beta_max and beta_max > 0):
-            raise ValueError(f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, "
-                             f"beta_max={beta_max}")
+            raise ValueError(
+                f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, "
+                f"beta_max={beta_max}"
+            )
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
         self._slope = (self.beta_max - self.beta_min) / self.T

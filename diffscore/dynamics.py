@@ -1,0 +1,225 @@
+"""The forward SDE, the reverse-time SDE and the probability-flow ODE as solver objects.
+
+``ForwardSDE`` and ``ReverseSDE`` follow torchsde's protocol (``noise_type``, ``sde_type``, ``f(t, y)``,
+``g(t, y)`` on flat ``(B, D)`` states) and go to ``torchsde.sdeint`` as they are. ``ProbabilityFlowODE``
+follows torchdiffeq's (``forward(t, x)`` on ``(B, *shape)`` states) and goes to ``torchdiffeq.odeint``.
+
+Source: Song et al. 2021, eq. (6) (reverse-time SDE, Anderson 1982) and eq. (13) (probability flow).
+
+Time conventions:
+
+* ``ForwardSDE``: solver time is the true time t in [0, T].
+* ``ReverseSDE``: torchsde needs increasing times, so the solver time is ``tau = -t``; integrate over
+  ``ts = -torch.tensor([T, eps])`` (see :meth:`ReverseSDE.solver_times`). With ``dtau = -dt`` the
+  reverse SDE ``dx = [f - g^2 score] dt + g dw_bar`` becomes ``dx = [g^2 score - f] dtau + g dW_tau``.
+* ``ProbabilityFlowODE``: solver time is the true time, either direction. Adaptive Runge-Kutta solvers
+  evaluate slightly past the end of the interval; the time is clamped to ``[t_min, T]`` there, which
+  extends the vector field continuously and never evaluates the SDE outside its domain.
+
+Since g depends on t alone, the Ito and Stratonovich forms coincide, so ``sde_type`` may be either and
+all of torchsde's methods apply. Score evaluations per step: euler, milstein, euler_heun,
+reversible_heun 1; heun, midpoint 2; srk about 3 (additive) / 10 (diagonal). torchsde evaluates ``f``
+and ``g`` once more before solving to check shapes; ``nfe`` counts that evaluation too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_finite
+from .score import ScoreFn
+from .sde import SDE
+
+__all__ = ["ForwardSDE", "ReverseSDE", "ProbabilityFlowODE", "LikelihoodODE", "SDE_TYPES"]
+
+SDE_TYPES = ("ito", "stratonovich")
+
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(shape)
+    if len(shape) < 1 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(
+            f"shape must be a tuple of positive ints (the event shape, without batch), got {shape}"
+        )
+    return shape
+
+
+def _check_sde_type(sde_type: str) -> str:
+    if sde_type not in SDE_TYPES:
+        raise ValueError(f"sde_type must be one of {SDE_TYPES}, got {sde_type!r}")
+    return sde_type
+
+
+class _Dynamics(nn.Module):
+    """Holds the SDE, the score (registered as a submodule when it is one) and the NFE counter."""
+
+    def __init__(self, sde: SDE, score: ScoreFn | None) -> None:
+        super().__init__()
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
+        if score is not None and not callable(score):
+            raise TypeError("score must be callable: score(x, t) -> like x")
+        self.sde = sde
+        self.score = score
+        self.nfe = 0
+
+    def _score(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        s = self.score(x, t)
+        check_finite("score", s, t)
+        return s
+
+
+class ForwardSDE(_Dynamics):
+    """The forward SDE ``dx = f(x, t) dt + g(t) dw`` for ``torchsde.sdeint`` (diagonal noise).
+
+    Args:
+        sde: the SDE.
+        shape: event shape of one sample, e.g. (3, 32, 32); states are flat (B, prod(shape)).
+        sde_type: "ito" or "stratonovich" (identical here since g depends on t alone).
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(self, sde: SDE, shape: Sequence[int], sde_type: str = "ito") -> None:
+        super().__init__(sde, None)
+        self.shape = _check_shape(shape)
+        self.sde_type = _check_sde_type(sde_type)
+
+    def f(self, t: Tensor, y: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.sde._f(t.to(y).expand(y.shape[0]))[:, None] * y
+
+    def g(self, t: Tensor, y: Tensor) -> Tensor:
+        return self.sde._g2(t.to(y).expand(y.shape[0])).sqrt()[:, None].expand_as(y)
+
+
+class ReverseSDE(_Dynamics):
+    """The reverse-time SDE with a score, in solver time ``tau = -t`` (increasing) for torchsde.
+
+    Args:
+        sde: the forward SDE.
+        score: ``score(x, t) -> like x`` with x (B, *shape), t (B,) true times.
+        shape: event shape; torchsde states are flat (B, prod(shape)).
+        sde_type: "ito" or "stratonovich".
+
+    ``f(tau, y) = g(t)^2 score(x, t) - f(x, t)`` and ``g(tau, y) = g(t)`` with ``t = -tau``. ``nfe``
+    counts score evaluations. A non-finite score raises FloatingPointError naming t.
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(self, sde: SDE, score: ScoreFn, shape: Sequence[int], sde_type: str = "ito") -> None:
+        super().__init__(sde, score)
+        self.shape = _check_shape(shape)
+        self.sde_type = _check_sde_type(sde_type)
+
+    @staticmethod
+    def solver_times(t: Tensor | Sequence[float]) -> Tensor:
+        """Map true times (decreasing, e.g. [T, eps]) to torchsde's increasing solver times ``-t``."""
+        return -torch.as_tensor(t)
+
+    def f(self, tau: Tensor, y: Tensor) -> Tensor:
+        t = (-tau).to(y).expand(y.shape[0])
+        x = y.view((y.shape[0],) + self.shape)
+        s = self._score(x, t).reshape(y.shape)
+        return self.sde._g2(t)[:, None] * s - self.sde._f(t)[:, None] * y
+
+    def g(self, tau: Tensor, y: Tensor) -> Tensor:
+        t = (-tau).to(y).expand(y.shape[0])
+        return self.sde._g2(t).sqrt()[:, None].expand_as(y)
+
+
+class ProbabilityFlowODE(_Dynamics):
+    """``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` (Song et al. 2021, eq. 13) for ``torchdiffeq.odeint``.
+
+    Args:
+        sde: the forward SDE.
+        score: ``score(x, t) -> like x``.
+        t_min: lower clamp of the time at which the score is evaluated (the solve's eps); adaptive solvers
+            that step past the end of ``[t_min, T]`` see the vector field at the nearest end.
+
+    States are (B, *shape) tensors; solve in either time direction. ``nfe`` counts evaluations.
+    """
+
+    def __init__(self, sde: SDE, score: ScoreFn, t_min: float = 0.0) -> None:
+        super().__init__(sde, score)
+        if not 0.0 <= float(t_min) < sde.T:
+            raise ValueError(f"t_min must lie in [0, T) = [0, {sde.T}), got {t_min}")
+        self.t_min = float(t_min)
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """The probability-flow vector field at (B,) times t (no clamping)."""
+        s = self._score(x, t)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return self.sde._f(t).reshape(shape) * x - 0.5 * self.sde._g2(t).reshape(shape) * s
+
+    def forward(self, t: Tensor, x: Tensor) -> Tensor:
+        t = t.to(x).clamp(self.t_min, self.sde.T).expand(x.shape[0])
+        return self.velocity(x, t)
+
+
+class LikelihoodODE(nn.Module):
+    """The probability flow augmented with its divergence (Chen et al. 2018; Grathwohl et al. 2019).
+
+    State: a flat ``(B, D + 1)`` tensor ``[x, l]`` with ``dx/dt = v(x, t)`` and ``dl/dt = div v(x, t)``.
+    Integrating from eps to T with ``l(eps) = 0`` gives ``log p_eps(x) = log p_T(z) + l(T)``
+    (Song et al. 2021, eq. 39).
+
+    Each evaluation costs one forward pass of the score and one batched vector-Jacobian product:
+    ``divergence="exact"`` contracts D one-hot cotangents (``is_grads_batched``, in chunks of
+    ``chunk_size``), ``"hutchinson"`` contracts the fixed probes ``probes`` (P, B, *shape):
+    ``div v ~ mean_p eps_p^T J eps_p`` (Hutchinson 1989), unbiased.
+    """
+
+    def __init__(
+        self,
+        flow: ProbabilityFlowODE,
+        shape: Sequence[int],
+        divergence: str,
+        probes: Tensor | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.flow = flow
+        self.shape = _check_shape(shape)
+        self.dim = math.prod(self.shape)
+        self.divergence = divergence
+        self.probes = probes
+        self.chunk_size = chunk_size or self.dim
+
+    @property
+    def nfe(self) -> int:
+        return self.flow.nfe
+
+    def _exact_div(self, v: Tensor, x: Tensor) -> Tensor:
+        b, d = x.shape[0], self.dim
+        div = torch.zeros(b, dtype=x.dtype, device=x.device)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        for start in range(0, d, self.chunk_size):
+            stop = min(start + self.chunk_size, d)
+            cot = eye[start:stop, None, :].expand(stop - start, b, d).reshape((stop - start, b) + self.shape)
+            (jac,) = torch.autograd.grad(v, x, cot, retain_graph=stop < d, is_grads_batched=True)
+            rows = jac.reshape(stop - start, b, d)
+            idx = torch.arange(start, stop, device=x.device)
+            div = div + rows[torch.arange(stop - start, device=x.device), :, idx].sum(0)
+        return div
+
+    def _hutchinson_div(self, v: Tensor, x: Tensor) -> Tensor:
+        probes = self.probes
+        (vjp,) = torch.autograd.grad(v, x, probes, is_grads_batched=True)
+        return (vjp * probes).reshape(probes.shape[0], x.shape[0], -1).sum(-1).mean(0)
+
+    def forward(self, t: Tensor, state: Tensor) -> Tensor:
+        b = state.shape[0]
+        tt = t.to(state).clamp(self.flow.t_min, self.flow.sde.T).expand(b)
+        with torch.enable_grad():
+            x = state[:, : self.dim].detach().reshape((b,) + self.shape).requires_grad_(True)
+            v = self.flow.velocity(x, tt)
+            div = self._exact_div(v, x) if self.divergence == "exact" else self._hutchinson_div(v, x)
+        check_finite("divergence", div, tt)
+        return torch.cat([v.detach().reshape(b, -1), div.detach()[:, None]], dim=1)

@@ -1,0 +1,78 @@
+"""``sample``: one front door over every sampler, and the samplers themselves.
+
+Each method is a function ``fn(sde, score, x_T, eps, generator, **options) -> x`` listed in ``METHODS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._checks import Generator, check_data, check_eps
+from ..score import ScoreFn
+from ..sde import SDE, VESDE
+from .solvers import SDE_METHODS, brownian_motion, sample_ode, sample_sde
+
+__all__ = ["sample", "METHODS", "default_eps", "sample_ode", "sample_sde", "brownian_motion", "SDE_METHODS"]
+
+#: name -> sampler. Every sampler takes (sde, score, x_T, eps, generator, **options) and returns x at eps.
+METHODS: dict[str, Callable[..., Tensor]] = {
+    "ode": sample_ode,
+    "sde": sample_sde,
+}
+
+
+def default_eps(sde: SDE) -> float:
+    """The reference sampling end time: 1e-5 for VE, 1e-3 for VP and sub-VP (Song et al. 2021, App. C)."""
+    return 1e-5 if isinstance(sde, VESDE) else 1e-3
+
+
+def sample(
+    sde: SDE,
+    score: ScoreFn,
+    shape: Sequence[int],
+    method: str = "ode",
+    generator: Generator = None,
+    x_T: Tensor | None = None,
+    eps: float | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> Tensor:
+    """Draw samples by solving from the prior at T down to ``eps``.
+
+    Args:
+        sde: the forward SDE.
+        score: ``score(x, t) -> like x`` (a :class:`~diffscore.ScoreModel` or any callable).
+        shape: (B, *event_shape) of the output.
+        method: a key of ``METHODS`` ("ode", "sde", ...).
+        generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
+        x_T: optional starting state at T, shaped ``shape``; default: a prior draw from ``generator``.
+        eps: end time in [0, T); default :func:`default_eps`.
+        device, dtype: of the prior draw (ignored when ``x_T`` is given).
+        options: passed to the method (e.g. ``num_steps``, ``rtol``, ``solver`` for the inner solver,
+            ``stats`` a dict that receives ``nfe``).
+
+    Returns:
+        Samples shaped ``shape``.
+
+    Raises:
+        ValueError / TypeError: unknown ``method``, bad ``shape``, ``eps`` outside [0, T), ``x_T`` of
+            the wrong shape or with NaN/inf, and the method's own argument errors.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    shape = tuple(shape)
+    if len(shape) < 2 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"shape must be (B, *event_shape) of positive ints, got {shape}")
+    eps = check_eps(default_eps(sde) if eps is None else eps, sde.T)
+    if x_T is None:
+        x_T = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
+    else:
+        check_data("x_T", x_T)
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T must be shaped {shape}, got {tuple(x_T.shape)}")
+    return METHODS[method](sde, score, x_T, eps, generator, **options)
