@@ -140,3 +140,29 @@ def seed_from(generator: torch.Generator | None) -> int:
 def bcast(v: Tensor, x: Tensor) -> Tensor:
     """Reshape a (B,) tensor to broadcast against ``x`` of shape (B, *shape)."""
     return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+class FiniteMonitor:
+    """Tracks, without a host sync per step, the first step at which a state went non-finite.
+
+    For fixed-step sampler loops: call ``update(x, i)`` at step i (device-side bookkeeping only) and
+    ``check(times)`` once after the loop, which syncs once and raises FloatingPointError naming
+    ``times[i]`` of the first bad step.
+    """
+
+    def __init__(self, name: str = "state") -> None:
+        self.name = name
+        self.first: Tensor | None = None
+
+    def update(self, x: Tensor, step: int) -> None:
+        bad = ~torch.isfinite(x).all()
+        if self.first is None:
+            self.first = torch.full((), -1, dtype=torch.long, device=x.device)
+        self.first = torch.where((self.first < 0) & bad, torch.full_like(self.first, step), self.first)
+
+    def check(self, times: Sequence[float] | Tensor) -> None:
+        if self.first is None:
+            return
+        i = int(self.first)
+        if i >= 0:
+            raise FloatingPointError(f"non-finite {self.name} at t = {float(times[i]):.6g} (step {i})")
