@@ -1,6 +1,6 @@
 """diffscore: score-based generative modeling with SDEs (Song & Ermon 2019; Song et al. 2021)."""
 
-from . import oracles
+from . import losses, nets, oracles
 from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
 from .sampling import sample
@@ -27,4 +27,6 @@ __all__ = [
     "LikelihoodResult",
     "BitsPerDimResult",
     "oracles",
+    "losses",
+    "nets",
 ]
