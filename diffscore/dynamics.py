@@ -120,8 +120,12 @@ class ReverseSDE(_Dynamics):
 
     @staticmethod
     def solver_times(t: Tensor | Sequence[float]) -> Tensor:
-        """Map true times (decreasing, e.g. [T, eps]) to torchsde's increasing solver times ``-t``."""
-        return -torch.as_tensor(t)
+        """Map true times (decreasing, e.g. [T, eps]) to torchsde's increasing solver times ``-t``.
+
+        A tensor keeps its dtype; a sequence of floats becomes a float64 CPU tensor (move it with
+        ``.to(state)``), so eps = 1e-3 is not first rounded to float32.
+        """
+        return -(t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64))
 
     def f(self, tau: Tensor, y: Tensor) -> Tensor:
         t = (-tau).to(y).expand(y.shape[0])
