@@ -155,7 +155,7 @@ def sample_ode(
     del generator
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
     ts = torch.tensor([sde.T, eps], dtype=x_T.dtype, device=x_T.device)
-    kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]))
+    kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]), ts[-1])
     x = torchdiffeq.odeint(flow, x_T, ts, **kw)[-1]
     if stats is not None:
         stats["nfe"] = flow.nfe
