@@ -57,11 +57,11 @@ def _check_sde_type(sde_type: str) -> str:
 class _Dynamics(nn.Module):
     """Holds the SDE, the score (registered as a submodule when it is one) and the NFE counter."""
 
-    def __init__(self, sde: SDE, score: ScoreFn | None) -> None:
+    def __init__(self, sde: SDE, score: ScoreFn | None, needs_score: bool = True) -> None:
         super().__init__()
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
-        if score is not None and not callable(score):
+        if (needs_score or score is not None) and not callable(score):
             raise TypeError("score must be callable: score(x, t) -> like x")
         self.sde = sde
         self.score = score
@@ -86,7 +86,7 @@ class ForwardSDE(_Dynamics):
     noise_type = "diagonal"
 
     def __init__(self, sde: SDE, shape: Sequence[int], sde_type: str = "ito") -> None:
-        super().__init__(sde, None)
+        super().__init__(sde, None, needs_score=False)
         self.shape = _check_shape(shape)
         self.sde_type = _check_sde_type(sde_type)
 
