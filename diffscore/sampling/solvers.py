@@ -8,6 +8,7 @@ import torch
 import torchdiffeq
 import torchsde
 from torch import Tensor
+from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's method table
 from torchsde import BrownianInterval
 from torchsde.types import Scalar
 
@@ -153,6 +154,8 @@ def sample_ode(
     tolerance on its own.
     """
     del generator
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"solver must be one of {sorted(ODE_SOLVERS)} for method='ode', got {solver!r}")
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
     ts = torch.tensor([sde.T, eps], dtype=x_T.dtype, device=x_T.device)
     kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]), ts[-1])
