@@ -14,14 +14,30 @@ from torch import Tensor
 from .._checks import Generator, check_data, check_eps
 from ..score import ScoreFn
 from ..sde import SDE, VESDE
+from .adaptive import sde_adaptive
+from .fast import dpm_solver, heun
 from .solvers import SDE_METHODS, brownian_motion, sample_ode, sample_sde
 
-__all__ = ["sample", "METHODS", "default_eps", "sample_ode", "sample_sde", "brownian_motion", "SDE_METHODS"]
+__all__ = [
+    "sample",
+    "METHODS",
+    "default_eps",
+    "sample_ode",
+    "sample_sde",
+    "brownian_motion",
+    "SDE_METHODS",
+    "heun",
+    "dpm_solver",
+    "sde_adaptive",
+]
 
 #: name -> sampler. Every sampler takes (sde, score, x_T, eps, generator, **options) and returns x at eps.
 METHODS: dict[str, Callable[..., Tensor]] = {
     "ode": sample_ode,
     "sde": sample_sde,
+    "heun": heun,
+    "dpm_solver": dpm_solver,
+    "sde_adaptive": sde_adaptive,
 }
 
 
