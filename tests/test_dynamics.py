@@ -150,7 +150,9 @@ def test_forward_sde_methods_converge_to_exact_path(method):
         err, fwd = solve_error(lambda st: ds.ForwardSDE(sde, (D,), st), method, bm, 0.0, sde.T, x0, ref, dt)
         errs.append(err)
     assert errs[1] < RATIO.get(method, 0.45) * errs[0], errs
-    assert errs[0] < 0.1 * rms(ref), errs  # measured at dt = 0.02: 0.04 rms(ref) for euler, 4e-3 for srk
+    # a solve of the right SDE: measured at dt = 0.02, 0.05 to 0.09 rms(ref) for the first-order methods,
+    # 0.008 for srk (reversible_heun on the reverse SDE: 0.04 to 0.07 at its dt = 0.01)
+    assert errs[0] < 0.2 * rms(ref), errs
 
 
 @pytest.mark.parametrize("make_sde", [VPSDE, VESDE], ids=["vp", "ve"])
@@ -177,7 +179,7 @@ def test_reverse_sde_methods_converge_to_exact_path(make_sde, method):
         assert float(t.min()) >= eps and float(t.max()) <= sde.T
         assert rev.nfe == len(score.times)
     assert errs[1] < RATIO.get(method, 0.45) * errs[0], errs
-    assert errs[0] < 0.1 * rms(ref), errs
+    assert errs[0] < 0.2 * rms(ref), errs
 
 
 def test_solver_times_keep_float64():
