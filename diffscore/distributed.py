@@ -365,12 +365,13 @@ def sum_over_ranks(value: int | float) -> int | float:
 
 
 def mean_over_ranks(value: Tensor) -> Tensor:
-    """The mean of a tensor over all ranks (a new tensor; ``value`` in a single process)."""
+    """The mean of a floating tensor over all ranks, on ``value``'s device (``value`` in a single
+    process)."""
     if not is_enabled():
         return value
-    out = value.detach().clone()
+    out = value.detach().to(_collective_device(), copy=True)
     dist.all_reduce(out)
-    return out / dist.get_world_size()
+    return (out / dist.get_world_size()).to(value.device)
 
 
 # ---- per-sample seeds ---------------------------------------------------------------------------------
