@@ -1,9 +1,10 @@
 """diffscore: score-based generative modeling with SDEs (Song & Ermon 2019; Song et al. 2021)."""
 
 from . import losses, nets, oracles
+from .controllable import colorize, conditional_score, inpaint
 from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
-from .sampling import sample
+from .sampling import annealed_langevin, sample
 from .score import ScoreModel
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
 
@@ -29,4 +30,8 @@ __all__ = [
     "oracles",
     "losses",
     "nets",
+    "annealed_langevin",
+    "inpaint",
+    "colorize",
+    "conditional_score",
 ]

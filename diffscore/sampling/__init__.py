@@ -16,6 +16,8 @@ from ..score import ScoreFn
 from ..sde import SDE, VESDE
 from .adaptive import sde_adaptive
 from .fast import dpm_solver, heun
+from .langevin import annealed_langevin, annealed_langevin_inpaint, geometric_sigmas, langevin_dynamics
+from .pc import CORRECTORS, PREDICTORS, pc_sample
 from .solvers import SDE_METHODS, brownian_motion, sample_ode, sample_sde
 
 __all__ = [
@@ -26,6 +28,13 @@ __all__ = [
     "sample_sde",
     "brownian_motion",
     "SDE_METHODS",
+    "pc_sample",
+    "PREDICTORS",
+    "CORRECTORS",
+    "annealed_langevin",
+    "annealed_langevin_inpaint",
+    "geometric_sigmas",
+    "langevin_dynamics",
     "heun",
     "dpm_solver",
     "sde_adaptive",
@@ -35,6 +44,7 @@ __all__ = [
 METHODS: dict[str, Callable[..., Tensor]] = {
     "ode": sample_ode,
     "sde": sample_sde,
+    "pc": pc_sample,
     "heun": heun,
     "dpm_solver": dpm_solver,
     "sde_adaptive": sde_adaptive,

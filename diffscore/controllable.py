@@ -1,0 +1,357 @@
+"""Controllable generation with a score SDE: inpainting, colorization and conditional scores.
+
+Source: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential Equations",
+Section 5 (controllable generation, eq. 14: ``grad log p_t(x | y) = grad log p_t(x) + grad log p_t(y | x)``)
+and Appendix I (I.1 class-conditional sampling with a time-dependent classifier, I.2 inpainting,
+I.3 colorization).
+
+Inpainting and colorization run the predictor-corrector sampler of :mod:`diffscore.sampling.pc`; after every
+predictor and corrector update the known entries are replaced by a fresh draw from the forward marginal
+at the current time, ``alpha(t) x_known + std(t) z``. The returned image is the denoised state (Tweedie's
+formula at eps) with the known entries set to ``x_known`` exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import Generator, bcast, check_data, check_eps, check_positive, rand, randn
+from .sampling import default_eps
+from .sampling.langevin import _check_mask
+from .sampling.pc import pc_sample
+from .score import ScoreFn
+from .sde import SDE
+
+__all__ = [
+    "inpaint",
+    "colorize",
+    "conditional_score",
+    "classifier_log_prob",
+    "noisy_classifier_loss",
+    "train_time_dependent_classifier",
+    "gray_basis",
+]
+
+#: ``log_prob_y(x, t) -> (B,)``: log p_t(y | x) in nats for the wanted condition y.
+LogProbFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def inpaint(
+    sde: SDE,
+    score: ScoreFn,
+    x_known: Tensor,
+    mask: Tensor,
+    generator: Generator = None,
+    x_T: Tensor | None = None,
+    eps: float | None = None,
+    predictor: str = "reverse_diffusion",
+    corrector: str = "langevin",
+    snr: float = 0.16,
+    n_steps: int = 1,
+    num_steps: int = 1000,
+    denoise: bool = True,
+    stats: dict[str, Any] | None = None,
+) -> Tensor:
+    """Fill in the unknown entries of ``x_known`` by PC sampling (Song et al. 2021, App. I.2).
+
+    Args:
+        sde: the forward SDE the score was trained for.
+        score: ``score(x, t) -> like x``.
+        x_known: (B, *shape) finite data; only the entries where ``mask == 1`` are used.
+        mask: 0/1 tensor broadcastable to ``x_known``, 1 where the entry is known.
+        generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
+        x_T: optional (B, *shape) start at T (default: a prior draw); its known entries are replaced.
+        eps: last time of the solve (default :func:`~diffscore.sampling.default_eps`).
+        predictor, corrector, snr, n_steps, num_steps, denoise, stats: as in
+            :func:`~diffscore.sampling.pc.pc_sample`.
+
+    Returns:
+        (B, *shape) samples, equal to ``x_known`` exactly where ``mask == 1``.
+
+    Raises:
+        ValueError / TypeError: a mask of the wrong shape or with entries outside {0, 1}, bad
+            ``x_known`` / ``x_T`` / ``eps``, and the errors of ``pc_sample``.
+    """
+    check_data("x_known", x_known)
+    mask = _check_mask(mask, x_known)
+    known = torch.broadcast_to(mask.bool(), x_known.shape)
+    eps = check_eps(default_eps(sde) if eps is None else eps, sde.T)
+    if x_T is None:
+        x_T = sde.prior_sample(x_known.shape, generator, x_known.device, x_known.dtype)
+    else:
+        check_data("x_T", x_T)
+        if x_T.shape != x_known.shape:
+            raise ValueError(
+                f"x_T must be shaped like x_known {tuple(x_known.shape)}, got {tuple(x_T.shape)}"
+            )
+
+    def replace_known(x: Tensor, t: Tensor) -> Tensor:
+        alpha, std = sde._alpha_std(t)
+        x_known_t = bcast(alpha, x) * x_known + bcast(std, x) * randn(x.shape, generator, x.device, x.dtype)
+        return torch.where(known, x_known_t, x)
+
+    x_T = replace_known(x_T, torch.full((x_T.shape[0],), sde.T, dtype=x_T.dtype, device=x_T.device))
+    x = pc_sample(
+        sde,
+        score,
+        x_T,
+        eps,
+        generator,
+        predictor=predictor,
+        corrector=corrector,
+        snr=snr,
+        n_steps=n_steps,
+        num_steps=num_steps,
+        denoise=denoise,
+        constraint=replace_known,
+        stats=stats,
+    )
+    return torch.where(known, x_known, x)
+
+
+def gray_basis(weights: Tensor) -> Tensor:
+    """An orthogonal (C, C) matrix whose first column is ``weights / ||weights||``.
+
+    It is the Householder reflection taking e_0 to that unit vector; the other columns span the
+    color directions that the gray projection ``gray = weights . rgb`` does not see.
+    """
+    u = weights / weights.norm()
+    v = -u.clone()
+    v[0] += 1
+    eye = torch.eye(u.numel(), dtype=u.dtype, device=u.device)
+    vv = v.dot(v)
+    if float(vv) == 0.0:  # weights already along e_0
+        return eye
+    return eye - 2 * torch.outer(v, v) / vv
+
+
+def _to_basis(q: Tensor, x: Tensor) -> Tensor:
+    """Coordinates ``Q^T x`` along the channel axis (dim 1) of x (B, C, *spatial)."""
+    return torch.einsum("cd,bc...->bd...", q, x)
+
+
+def _from_basis(q: Tensor, y: Tensor) -> Tensor:
+    return torch.einsum("cd,bd...->bc...", q, y)
+
+
+def colorize(
+    sde: SDE,
+    score: ScoreFn,
+    gray: Tensor,
+    weights: Sequence[float] | Tensor = (1 / 3, 1 / 3, 1 / 3),
+    generator: Generator = None,
+    x_T: Tensor | None = None,
+    eps: float | None = None,
+    predictor: str = "reverse_diffusion",
+    corrector: str = "langevin",
+    snr: float = 0.16,
+    n_steps: int = 1,
+    num_steps: int = 1000,
+    denoise: bool = True,
+    stats: dict[str, Any] | None = None,
+) -> Tensor:
+    """Color a gray image by PC sampling (Song et al. 2021, App. I.3).
+
+    The gray image is the linear projection ``gray = sum_c weights[c] x[:, c]`` of the color image.
+    In the orthogonal channel basis of :func:`gray_basis` it is one coordinate,
+    ``gray / ||weights||``, so colorization is inpainting of the other coordinates. The SDE is
+    isotropic, so the score in the rotated basis is ``Q^T score(Q y, t)``.
+
+    Args:
+        gray: (B, 1, *spatial) gray image.
+        weights: (C,) projection weights, not all zero (default: the channel mean of RGB).
+        x_T: optional (B, C, *spatial) start at T in color space.
+        The other arguments are those of :func:`inpaint`.
+
+    Returns:
+        (B, C, *spatial) color images whose projection ``weights . x`` equals ``gray`` up to rounding.
+
+    Raises:
+        ValueError / TypeError: ``gray`` not shaped (B, 1, ...), bad ``weights``, and the errors of
+            :func:`inpaint`.
+    """
+    check_data("gray", gray, min_ndim=2)
+    if gray.shape[1] != 1:
+        raise ValueError(f"gray must be shaped (B, 1, *spatial), got {tuple(gray.shape)}")
+    w = torch.as_tensor(weights, dtype=gray.dtype, device=gray.device)
+    if w.ndim != 1 or w.numel() < 2 or not bool(torch.isfinite(w).all()) or not bool((w != 0).any()):
+        raise ValueError("weights must be a finite 1-D sequence of C >= 2 numbers, not all zero")
+    q = gray_basis(w)
+    shape = (gray.shape[0], w.numel()) + tuple(gray.shape[2:])
+    y_known = torch.cat([gray / w.norm(), gray.new_zeros((shape[0], shape[1] - 1) + shape[2:])], dim=1)
+    mask = torch.zeros((1, shape[1]) + (1,) * (gray.ndim - 2), dtype=gray.dtype, device=gray.device)
+    mask[:, 0] = 1
+
+    def rotated_score(y: Tensor, t: Tensor) -> Tensor:
+        return _to_basis(q, score(_from_basis(q, y), t))
+
+    if x_T is not None:
+        check_data("x_T", x_T)
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T must be shaped {shape}, got {tuple(x_T.shape)}")
+        x_T = _to_basis(q, x_T)
+    else:  # the prior is isotropic: a draw in the rotated basis is a draw in color space
+        x_T = sde.prior_sample(shape, generator, gray.device, gray.dtype)
+    y = inpaint(
+        sde,
+        rotated_score,
+        y_known,
+        mask,
+        generator=generator,
+        x_T=x_T,
+        eps=eps,
+        predictor=predictor,
+        corrector=corrector,
+        snr=snr,
+        n_steps=n_steps,
+        num_steps=num_steps,
+        denoise=denoise,
+        stats=stats,
+    )
+    return _from_basis(q, y)
+
+
+def conditional_score(score: ScoreFn, log_prob_y: LogProbFn, scale: float = 1.0) -> ScoreFn:
+    """Score of ``p_t(x | y)``: ``score(x, t) + scale * grad_x log p_t(y | x)`` (Song et al. 2021, eq. 14).
+
+    Args:
+        score: ``score(x, t) -> like x``, the unconditional score.
+        log_prob_y: ``log_prob_y(x, t) -> (B,)``, log p_t(y | x) in nats (e.g. :func:`classifier_log_prob`).
+        scale: guidance scale (1: the exact conditional score; 0: unconditional; other values temper
+            the likelihood, Dhariwal & Nichol 2021).
+
+    Returns:
+        ``cond(x, t) -> like x``. The gradient is taken with autograd even under ``torch.no_grad()``.
+
+    Raises:
+        TypeError: non-callable ``score`` / ``log_prob_y`` or a non-real ``scale``; ValueError: a
+            non-finite ``scale``, or (when called) ``log_prob_y`` not returning shape (B,).
+    """
+    if not callable(score) or not callable(log_prob_y):
+        raise TypeError("score and log_prob_y must be callable")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    scale = float(scale)
+
+    def cond(x: Tensor, t: Tensor) -> Tensor:
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            logp = log_prob_y(xg, t)
+            if logp.shape != (x.shape[0],):
+                raise ValueError(
+                    f"log_prob_y must return shape (B,) = ({x.shape[0]},), got {tuple(logp.shape)}"
+                )
+            (grad,) = torch.autograd.grad(logp.sum(), xg)
+        return score(x, t) + scale * grad
+
+    return cond
+
+
+def classifier_log_prob(classifier: Callable[[Tensor, Tensor], Tensor], y: int | Tensor) -> LogProbFn:
+    """``log p_t(y | x)`` from a time-dependent classifier ``classifier(x, t) -> (B, K)`` logits.
+
+    Args:
+        classifier: maps x (B, *shape) and t (B,) to unnormalised log-probabilities (B, K).
+        y: the wanted class: an int, or a (B,) integer tensor (one class per sample).
+
+    Returns:
+        ``log_prob_y(x, t) -> (B,)`` in nats (log-softmax of the logits at class y).
+    """
+    if not callable(classifier):
+        raise TypeError("classifier must be callable: classifier(x, t) -> (B, K) logits")
+    if isinstance(y, Tensor):
+        if y.ndim != 1 or y.is_floating_point():
+            raise ValueError(f"y must be an int or a (B,) integer tensor, got shape {tuple(y.shape)}")
+    elif isinstance(y, bool) or not isinstance(y, int) or y < 0:
+        raise ValueError(f"y must be a non-negative int or a (B,) integer tensor, got {y!r}")
+
+    def log_prob_y(x: Tensor, t: Tensor) -> Tensor:
+        logits = classifier(x, t)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"classifier must return (B, K) logits, got {tuple(logits.shape)}")
+        labels = y.to(logits.device) if isinstance(y, Tensor) else torch.full_like(logits[:, 0], y).long()
+        return logits.log_softmax(dim=1).gather(1, labels[:, None]).squeeze(1)
+
+    return log_prob_y
+
+
+def noisy_classifier_loss(
+    classifier: Callable[[Tensor, Tensor], Tensor],
+    sde: SDE,
+    x0: Tensor,
+    y: Tensor,
+    eps: float = 1e-5,
+    generator: Generator = None,
+) -> Tensor:
+    """Cross-entropy of a time-dependent classifier on noisy data (Song et al. 2021, App. I.1).
+
+    Draws ``t ~ U(eps, T)`` and ``x_t = alpha(t) x0 + std(t) z`` per sample and returns the mean
+    of ``-log softmax(classifier(x_t, t))[y]``, in nats. Its minimiser is the posterior p_t(y | x).
+
+    Args:
+        x0: (B, *shape) clean data; y: (B,) integer labels.
+
+    Raises:
+        ValueError / TypeError: bad ``x0``, ``y`` not a (B,) integer tensor, ``eps`` outside [0, T).
+    """
+    check_data("x0", x0)
+    if not isinstance(y, Tensor) or y.shape != (x0.shape[0],) or y.is_floating_point():
+        raise ValueError(f"y must be a (B,) = ({x0.shape[0]},) integer tensor")
+    eps = check_eps(eps, sde.T)
+    b = x0.shape[0]
+    t = eps + (sde.T - eps) * rand((b,), generator, x0.device, x0.dtype)
+    alpha, std = sde._alpha_std(t)
+    x_t = bcast(alpha, x0) * x0 + bcast(std, x0) * randn(x0.shape, generator, x0.device, x0.dtype)
+    return F.cross_entropy(classifier(x_t, t), y.to(x0.device))
+
+
+def train_time_dependent_classifier(
+    classifier: nn.Module,
+    sde: SDE,
+    data: Tensor,
+    labels: Tensor,
+    steps: int = 1000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """Fit ``classifier(x, t) -> logits`` to p_t(y | x) with Adam on :func:`noisy_classifier_loss`.
+
+    A small helper for toy problems and tests (no EMA, no checkpoints).
+
+    Args:
+        data: (N, *shape) clean data; labels: (N,) integer classes.
+        steps: optimiser steps; batch_size: samples per step (drawn with replacement).
+        lr: Adam learning rate.
+        generator: a torch.Generator for the batches, times and noise.
+
+    Returns:
+        The loss of every step, in nats.
+    """
+    check_data("data", data)
+    if not isinstance(labels, Tensor) or labels.shape != (data.shape[0],) or labels.is_floating_point():
+        raise ValueError(f"labels must be a (N,) = ({data.shape[0]},) integer tensor")
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    opt = torch.optim.Adam(classifier.parameters(), lr=check_positive("lr", lr))
+    gen_device = generator.device if generator is not None else "cpu"
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=gen_device)
+        idx = idx.to(data.device)
+        loss = noisy_classifier_loss(classifier, sde, data[idx], labels[idx], eps, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return torch.stack(losses).tolist()
