@@ -99,15 +99,26 @@ def karras_sigmas(
 
 
 class _NoisePrediction:
-    """``eps_hat(x, t) = -std(t) score(x, t)`` with a call counter; std comes precomputed per grid point."""
+    """``eps_hat(x, t) = -std(t) score(x, t)`` with a call counter; ``-std`` comes precomputed per grid point.
+
+    The samplers combine states with ``torch.addcmul`` and in-place updates of fresh results, so a step
+    allocates few state-sized tensors: with a cheap score (the mixture oracle) allocation is most of the
+    cost of a step.
+    """
 
     def __init__(self, score: ScoreFn) -> None:
         self.score = score
         self.nfe = 0
 
-    def __call__(self, x: Tensor, t: Tensor, std: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, neg_std: Tensor) -> Tensor:
         self.nfe += 1
-        return -std * self.score(x, t)
+        return torch.mul(self.score(x, t), neg_std)
+
+
+def _monitor(monitor: FiniteMonitor, x: Tensor, step: int) -> None:
+    # the sum is finite exactly when every entry is (barring overflow of the sum itself: half-precision
+    # states are summed in float32), and needs no state-sized boolean temporary
+    monitor.update(x.sum(dtype=torch.float32 if x.element_size() < 4 else None), step)
 
 
 @torch.no_grad()
@@ -160,19 +171,20 @@ def heun(
     n_steps = sigmas.shape[0] - 1
     # the last step is an Euler step exactly when it ends at sigma = 0 (known on the host: eps, denoise)
     last_euler = denoise or eps == 0
+    neg_std, half_dsig = -std, 0.5 * dsig
     eps_hat = _NoisePrediction(score)
     monitor = FiniteMonitor("state")
 
     y = x_T / alpha[0]
     for i in range(n_steps):
-        d = eps_hat(alpha[i] * y, tb[i], std[i])
-        y_euler = y + dsig[i] * d
+        d = eps_hat(alpha[i] * y, tb[i], neg_std[i])
+        y_euler = torch.addcmul(y, d, dsig[i])  # y + (sigma_{i+1} - sigma_i) d
         if i == n_steps - 1 and last_euler:
             y = y_euler
         else:
-            d_next = eps_hat(alpha[i + 1] * y_euler, tb[i + 1], std[i + 1])
-            y = y + (0.5 * dsig[i]) * (d + d_next)
-        monitor.update(y, i + 1)
+            d_next = eps_hat(alpha[i + 1] * y_euler, tb[i + 1], neg_std[i + 1])
+            y = torch.addcmul(y, d.add_(d_next), half_dsig[i])  # y + (sigma_{i+1} - sigma_i) (d + d') / 2
+        _monitor(monitor, y, i + 1)
     monitor.check(t)
     if stats is not None:
         stats["nfe"] = eps_hat.nfe
@@ -298,6 +310,15 @@ def dpm_solver(
     em1_rh = torch.expm1(r * h[:, None])
     phi2_h = em1_h / h - 1  # (e^h - 1) / h - 1
     phi2_r2h = em1_rh[:, 1] / (r[:, 1] * h) - 1
+    # coefficients of Lu et al.'s updates, per step (signs folded in, so each update is a few addcmul)
+    ratio = alpha_g[1:] / alpha_g[:-1]  # alpha_t / alpha_s
+    c_lin = -std_g[1:] * em1_h  # -sigma_t (e^h - 1)
+    ratio_mid = alpha_mid / alpha_g[:-1, None]  # alpha_{s_j} / alpha_s
+    c_mid = -std_mid * em1_rh  # -sigma_{s_j} (e^{r_j h} - 1)
+    c_2 = c_lin / (2 * r[:, 0])  # -sigma_t / (2 r1) (e^h - 1)
+    c_21 = -std_mid[:, 1] * r[:, 1] / r[:, 0] * phi2_r2h  # -sigma_{s2} r2 / r1 ((e^{r2 h} - 1) / (r2 h) - 1)
+    c_3 = -std_g[1:] / r[:, 1] * phi2_h  # -sigma_t / r2 ((e^h - 1) / h - 1)
+    neg_std, neg_std_mid = -std_g, -std_mid
     b = x_T.shape[0]
     tb, tb_mid = _batch_times(t_grid, b), t_mid.T[:, :, None].repeat(1, 1, b)
 
@@ -305,31 +326,28 @@ def dpm_solver(
     monitor = FiniteMonitor("state")
     x = x_T
     for i, o in enumerate(orders):
-        a_s, a_t, s_t = alpha_g[i], alpha_g[i + 1], std_g[i + 1]
-        e_s = eps_hat(x, tb[i], std_g[i])
-        x_lin = (a_t / a_s) * x - (s_t * em1_h[i]) * e_s  # DPM-Solver-1
-        if o == 1:
-            x = x_lin
-        elif o == 2:
-            u = (alpha_mid[i, 0] / a_s) * x - (std_mid[i, 0] * em1_rh[i, 0]) * e_s
-            d1 = eps_hat(u, tb_mid[0, i], std_mid[i, 0]) - e_s
-            x = x_lin - (s_t * em1_h[i] / (2 * r[i, 0])) * d1
-        else:
-            r1, r2 = r[i, 0], r[i, 1]
-            u1 = (alpha_mid[i, 0] / a_s) * x - (std_mid[i, 0] * em1_rh[i, 0]) * e_s
-            d1 = eps_hat(u1, tb_mid[0, i], std_mid[i, 0]) - e_s
-            u2 = (
-                (alpha_mid[i, 1] / a_s) * x
-                - (std_mid[i, 1] * em1_rh[i, 1]) * e_s
-                - (std_mid[i, 1] * r2 / r1 * phi2_r2h[i]) * d1
-            )
-            d2 = eps_hat(u2, tb_mid[1, i], std_mid[i, 1]) - e_s
-            x = x_lin - (s_t / r2 * phi2_h[i]) * d2
-        monitor.update(x, i + 1)
+        e_s = eps_hat(x, tb[i], neg_std[i])
+        if o == 1:  # DPM-Solver-1 (DDIM): x_t = (alpha_t / alpha_s) x - sigma_t (e^h - 1) eps_s
+            x = torch.mul(x, ratio[i]).addcmul_(e_s, c_lin[i])
+            _monitor(monitor, x, i + 1)
+            continue
+        # u1 = (alpha_{s1} / alpha_s) x - sigma_{s1} (e^{r1 h} - 1) eps_s;  D1 = eps(u1, s1) - eps_s
+        u1 = torch.mul(x, ratio_mid[i, 0]).addcmul_(e_s, c_mid[i, 0])
+        d1 = eps_hat(u1, tb_mid[0, i], neg_std_mid[i, 0]).sub_(e_s)
+        if o == 2:  # Algorithm 1: x_t = DPM-Solver-1 step - sigma_t / (2 r1) (e^h - 1) D1
+            x = torch.mul(x, ratio[i]).addcmul_(e_s, c_lin[i]).addcmul_(d1, c_2[i])
+        else:  # Algorithm 2
+            # u2 = (alpha_{s2} / alpha_s) x - sigma_{s2} (e^{r2 h} - 1) eps_s - sigma_{s2} r2 / r1 (...) D1
+            u2 = torch.mul(x, ratio_mid[i, 1]).addcmul_(e_s, c_mid[i, 1]).addcmul_(d1, c_21[i])
+            d2 = eps_hat(u2, tb_mid[1, i], neg_std_mid[i, 1]).sub_(e_s)
+            # x_t = DPM-Solver-1 step - sigma_t / r2 ((e^h - 1) / h - 1) D2
+            x = torch.mul(x, ratio[i]).addcmul_(e_s, c_lin[i]).addcmul_(d2, c_3[i])
+        _monitor(monitor, x, i + 1)
     if denoise:
         # Tweedie: E[x_0 | x_eps] = (x + std^2 score) / alpha = (x - std eps_hat) / alpha
-        x = (x - std_g[-1] * eps_hat(x, tb[-1], std_g[-1])) / alpha_g[-1]
-        monitor.update(x, k)
+        e = eps_hat(x, tb[-1], neg_std[-1])
+        x = torch.addcmul(x, e, neg_std[-1]).div_(alpha_g[-1])
+        _monitor(monitor, x, k)
     monitor.check(t_grid)
     if stats is not None:
         stats["nfe"] = eps_hat.nfe
