@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ._checks import as_time, bcast
@@ -65,6 +69,91 @@ class ScoreModel(nn.Module):
             return out
         std = bcast(self.sde._alpha_std(t)[1].clamp_min(self.min_std), out)
         return -out / std if self.parameterization == "noise" else out / std
+
+    def save_pretrained(
+        self, directory: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write this model to ``directory``: ``config.json`` and ``model.safetensors``.
+
+        ``config.json`` holds the network config (``net.config``), the SDE (name and constructor
+        arguments), the parameterization, ``min_std`` and the optional JSON-serialisable ``metadata``
+        (e.g. the data set, ``num_bins``, ``data_range``); ``model.safetensors`` holds this module's
+        state dict (save the EMA copy to publish EMA weights). The directory is assembled under a
+        temporary name and renamed into place, so it is complete or absent, never half written.
+
+        Returns:
+            The directory.
+
+        Raises:
+            TypeError: the network has no ``config`` dict, or the SDE is not a diffscore VP/sub-VP/VE SDE.
+        """
+        from .checkpoint import atomic_directory, write_json, write_tensors
+        from .config import sde_to_config
+
+        net_config = getattr(self.net, "config", None)
+        if not isinstance(net_config, Mapping):
+            raise TypeError(
+                "save_pretrained needs a network with a `config` dict (every diffscore.nets network)"
+            )
+        config = {
+            "format": "diffscore.ScoreModel",
+            "version": 1,
+            "net": dict(net_config),
+            "sde": sde_to_config(self.sde),
+            "parameterization": self.parameterization,
+            "min_std": self.min_std,
+            "metadata": dict(metadata or {}),
+        }
+        directory = Path(directory)
+        with atomic_directory(directory) as tmp:
+            write_tensors(tmp / "model.safetensors", self.state_dict())
+            write_json(tmp / "config.json", config)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, map_location: torch.device | str | None = None
+    ) -> ScoreModel:
+        """Load a model written by :meth:`save_pretrained`, in eval mode, on ``map_location`` (default CPU).
+
+        Raises:
+            FileNotFoundError: ``directory``, its ``config.json`` or its ``model.safetensors`` is missing.
+            ValueError: a corrupt or unreadable file, a config that is not a ScoreModel's, or weights that
+                do not fit the network the config describes (missing, unexpected or mis-shaped tensors);
+                every message names the path.
+        """
+        from .checkpoint import read_json, read_tensors
+        from .config import net_from_config, sde_from_config
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"no such model directory: {str(directory)!r}")
+        config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+        config = read_json(config_path)
+        if config.get("format") != "diffscore.ScoreModel":
+            raise ValueError(f"{str(config_path)!r} is not a diffscore ScoreModel config")
+        try:
+            net = net_from_config(config["net"])
+            sde = sde_from_config(config["sde"])
+            model = cls(net, sde, config["parameterization"], config.get("min_std", 1e-12))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{str(config_path)!r} does not describe a valid model: {err}") from err
+        state = read_tensors(weights_path)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(
+                f"{str(weights_path)!r} does not match the architecture in config.json: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"wrong shape {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:5]]}"
+            )
+        floats = [v.dtype for v in state.values() if v.is_floating_point()]
+        if floats:
+            model = model.to(floats[0])
+        model.load_state_dict(state)
+        return model.to(map_location or "cpu").eval()
 
     def extra_repr(self) -> str:
         return f"parameterization={self.parameterization!r}, sde={self.sde!r}"
