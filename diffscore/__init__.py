@@ -1,6 +1,6 @@
 """diffscore: score-based generative modeling with SDEs (Song & Ermon 2019; Song et al. 2021)."""
 
-from . import losses, nets, oracles
+from . import losses, nets, oracles, perf
 from .controllable import colorize, conditional_score, inpaint
 from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
@@ -30,6 +30,7 @@ __all__ = [
     "oracles",
     "losses",
     "nets",
+    "perf",
     "annealed_langevin",
     "inpaint",
     "colorize",

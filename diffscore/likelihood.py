@@ -78,6 +78,7 @@ def _ode_kwargs(
     return dict(rtol=rtol, atol=atol, method=method, options=opts)
 
 
+@torch.no_grad()
 def _solve_flow(sde, score, x, t0, t1, eps, rtol, atol, method, options):
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
     ts = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
@@ -100,7 +101,9 @@ def encode(
     """Encode data x (B, *shape) to latents z = x(T) by solving the probability-flow ODE from eps to T.
 
     The map is deterministic and invertible (:func:`decode`); Song et al. 2021, Sec. 4.3.
-    ``stats``, if given, receives ``nfe``.
+    ``stats``, if given, receives ``nfe``. No autograd graph is recorded (memory stays flat in the
+    number of steps); to differentiate through the flow, pass :class:`ProbabilityFlowODE` to
+    ``torchdiffeq.odeint`` or ``odeint_adjoint`` yourself.
 
     Raises:
         ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty), ``eps`` outside [0, T), bad

@@ -189,6 +189,7 @@ class _Counted:
         return self.score(x, t)
 
 
+@torch.no_grad()
 def pc_sample(
     sde: SDE,
     score: ScoreFn,

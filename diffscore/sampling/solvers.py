@@ -91,6 +91,7 @@ def brownian_motion(
     return BrownianInterval(size=tuple(y0.shape), entropy=seed_from(gens), **kw)
 
 
+@torch.no_grad()
 def sample_sde(
     sde: SDE,
     score: ScoreFn,
@@ -135,6 +136,7 @@ def sample_sde(
     return ys[-1].reshape(x_T.shape)
 
 
+@torch.no_grad()
 def sample_ode(
     sde: SDE,
     score: ScoreFn,
