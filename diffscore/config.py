@@ -126,8 +126,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     num_samples: int = 64
-    sample_method: str = "ode"
-    sample_options: dict[str, Any] = field(default_factory=lambda: {"rtol": 1e-4, "atol": 1e-4})
+    sample_method: str = "pc"
+    sample_options: dict[str, Any] = field(default_factory=lambda: {"num_steps": 500})
 
     def __post_init__(self) -> None:
         self.data_range = tuple(float(v) for v in self.data_range)  # JSON gives lists
