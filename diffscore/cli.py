@@ -265,7 +265,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
 # ---- the parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``diffscore`` command."""
-    from .config import DATASETS, PRESETS, SDES
+    from .config import DATASETS, PRESETS
+    from .sde import SDES
 
     parser = argparse.ArgumentParser(
         prog="diffscore",

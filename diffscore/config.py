@@ -4,11 +4,6 @@ A preset is a :class:`TrainConfig`: a flat dataclass of plain values (strings, n
 small dicts; no devices or modules), so that it is written into every checkpoint as JSON and rebuilt
 from it. ``PRESETS`` holds the named ones; :func:`apply_overrides` changes fields from
 ``key=value`` strings (``lr=1e-3``, ``net_options.hidden=512``).
-
-This module also holds :class:`GaussianResidualNet`, the default network for the 8x8 digits: the exact
-noise prediction of a full-covariance Gaussian fit to the training data plus a learned correction. It
-belongs with the other networks in :mod:`diffscore.nets` and is here until it moves there;
-:func:`net_from_config` rebuilds it as well as every network of :func:`diffscore.nets.from_config`.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from .sde import SDES, sde_from_config, sde_to_config
 
 __all__ = [
     "TrainConfig",
@@ -33,20 +28,12 @@ __all__ = [
     "get_preset",
     "apply_overrides",
     "parse_value",
-    "SDES",
-    "sde_to_config",
-    "sde_from_config",
-    "GaussianResidualNet",
-    "net_from_config",
     "build_net",
     "gaussian_moments",
 ]
 
 #: Datasets the trainer can load (see :func:`diffscore.train.load_splits`).
 DATASETS = ("digits", "cifar10", "mnist", "image_folder")
-
-#: SDE names in configs -> classes.
-SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
 @dataclass
@@ -300,152 +287,14 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     return TrainConfig.from_dict(d)
 
 
-# ---- SDEs as JSON ------------------------------------------------------------------------------------
-def sde_to_config(sde: SDE) -> dict[str, Any]:
-    """``{"name": "vp" | "subvp" | "ve", **constructor arguments}`` of a diffscore SDE.
-
-    Raises:
-        TypeError: ``sde`` is not one of the SDE classes in ``SDES``.
-    """
-    for name, cls in SDES.items():
-        if type(sde) is cls:
-            params = inspect.signature(cls.__init__).parameters
-            return {"name": name, **{k: getattr(sde, k) for k in params if k != "self"}}
-    raise TypeError(f"cannot describe SDE of type {type(sde).__name__}; known: {sorted(SDES)}")
-
-
-def sde_from_config(config: Mapping[str, Any]) -> SDE:
-    """Inverse of :func:`sde_to_config`. Raises ValueError for an unknown name (listing the valid ones)."""
-    kwargs = dict(config)
-    name = kwargs.pop("name", None)
-    if name not in SDES:
-        raise ValueError(f"sde name must be one of {sorted(SDES)}, got {name!r}")
-    return SDES[name](**kwargs)
-
-
-# ---- the Gaussian-residual network ---------------------------------------------------------------------
-class GaussianResidualNet(nn.Module):
-    """``net(x, t) = gaussian(x, t) + inner(x, t)``: the exact output for Gaussian data plus a correction.
-
-    If the data were ``N(mu, Sigma)``, the marginal at time t of a linear SDE would be
-    ``N(alpha mu, Sigma_t)`` with ``Sigma_t = alpha^2 Sigma + std^2 I`` and the score
-    ``-Sigma_t^{-1} (x - alpha mu)`` (Song et al. 2021, App. B kernels). ``gaussian(x, t)`` is that score
-    written in the output convention of ``parameterization``: the score itself ("score"), the predicted
-    noise ``-std * score`` ("noise") or ``std * score`` ("scaled"); with ``Sigma = U diag(lam) U^T`` it
-    costs two (D, D) products. This is the full-covariance form of EDM's skip preconditioning (Karras et
-    al. 2022, App. B.6, which is the same construction for isotropic data). The inner network learns only
-    the non-Gaussian part; its output layer starts at zero when ``zero_init`` so that the untrained model
-    is exactly the Gaussian fit. Fit ``mu`` and ``Sigma`` with :meth:`set_moments`; they are buffers, saved
-    with the weights.
-
-    Args:
-        inner: config of the inner network (``net.config``; built with :func:`net_from_config`).
-        sde: SDE config (:func:`sde_to_config`) whose ``alpha(t)``, ``std(t)`` define ``Sigma_t``.
-        parameterization: "noise", "score" or "scaled" (that of the ScoreModel that wraps this net).
-        dim: number of features per sample (D).
-        zero_init: zero the weight and bias of the inner network's last ``nn.Linear`` / ``nn.Conv2d``.
-
-    ``forward(x, t)``: x (B, *shape) with prod(shape) = D, t (B,) -> (B, *shape).
-    """
-
-    def __init__(
-        self,
-        inner: Mapping[str, Any],
-        sde: Mapping[str, Any],
-        parameterization: str,
-        dim: int,
-        zero_init: bool = True,
-    ) -> None:
-        super().__init__()
-        if parameterization not in ("noise", "score", "scaled"):
-            raise ValueError(
-                f"parameterization must be 'noise', 'score' or 'scaled', got {parameterization!r}"
-            )
-        _check_int("dim", dim, 1)
-        self.inner = net_from_config(inner)
-        self.sde = sde_from_config(sde)
-        self.parameterization = parameterization
-        self.dim = dim
-        self.config = dict(
-            name="gaussian_residual",
-            inner=dict(self.inner.config),
-            sde=dict(sde),
-            parameterization=parameterization,
-            dim=dim,
-            zero_init=bool(zero_init),
-        )
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("eigvals", torch.ones(dim))
-        self.register_buffer("eigvecs", torch.eye(dim))
-        if zero_init:
-            last = [m for m in self.inner.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-            if last:
-                nn.init.zeros_(last[-1].weight)
-                if last[-1].bias is not None:
-                    nn.init.zeros_(last[-1].bias)
-
-    @torch.no_grad()
-    def set_moments(self, mean: Tensor, cov: Tensor) -> None:
-        """Set ``mu`` (D,) and ``Sigma`` (D, D), symmetric positive definite (else ValueError)."""
-        if mean.shape != (self.dim,) or cov.shape != (self.dim, self.dim):
-            raise ValueError(
-                f"mean must be ({self.dim},) and cov ({self.dim}, {self.dim}), got "
-                f"{tuple(mean.shape)} and {tuple(cov.shape)}"
-            )
-        lam, vecs = torch.linalg.eigh(0.5 * (cov + cov.T))
-        if not bool(lam.min() > 0):
-            raise ValueError(f"cov must be positive definite, smallest eigenvalue {float(lam.min()):.3g}")
-        self.mean.copy_(mean)
-        self.eigvals.copy_(lam)
-        self.eigvecs.copy_(vecs)
-
-    def gaussian(self, x: Tensor, t: Tensor) -> Tensor:
-        """The Gaussian part alone, shaped like x (see the class docstring)."""
-        alpha, std = self.sde._alpha_std(t.to(x.dtype))
-        flat = x.reshape(x.shape[0], -1)
-        r = (flat - alpha[:, None] * self.mean) @ self.eigvecs
-        r = r / (alpha[:, None].square() * self.eigvals + std[:, None].square())
-        score = -(r @ self.eigvecs.T)
-        if self.parameterization == "noise":
-            out = -std[:, None] * score
-        elif self.parameterization == "scaled":
-            out = std[:, None] * score
-        else:
-            out = score
-        return out.reshape(x.shape)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.gaussian(x, t) + self.inner(x, t)
-
-
-def net_from_config(config: Mapping[str, Any]) -> nn.Module:
-    """Rebuild a network from its ``net.config``: :class:`GaussianResidualNet` or any of ``diffscore.nets``.
-
-    Raises:
-        ValueError: unknown network name (the message lists the valid ones) or a bad argument.
-        TypeError: ``config`` is not a mapping, or has an argument the network does not take.
-    """
-    from . import nets
-
-    if not isinstance(config, Mapping):
-        raise TypeError(f"network config must be a mapping, got {type(config).__name__}")
-    if config.get("name") == "gaussian_residual":
-        kwargs = dict(config)
-        kwargs.pop("name")
-        return GaussianResidualNet(**kwargs)
-    if config.get("name") not in nets.NETS:
-        valid = sorted([*nets.NETS, "gaussian_residual"])
-        raise ValueError(f"network name must be one of {valid}, got {config.get('name')!r}")
-    return nets.from_config(config)
-
-
+# ---- networks ------------------------------------------------------------------------------------------
 def build_net(config: TrainConfig, image_shape: Sequence[int]) -> nn.Module:
     """The network of a training config for images shaped ``image_shape`` = (C, H, W).
 
     ``config.net`` names a network of ``diffscore.nets.NETS`` or a preset of ``diffscore.nets.PRESETS``;
     ``dim``, ``channels`` and ``image_size`` are filled in from ``image_shape`` when the network takes
     them and ``net_options`` does not set them. With ``gaussian_residual`` the network is wrapped in a
-    :class:`GaussianResidualNet` (moments still to be set).
+    :class:`~diffscore.nets.GaussianResidualNet` (moments still to be set).
 
     Raises:
         ValueError: unknown network or preset (the message lists the valid names).
@@ -469,7 +318,7 @@ def build_net(config: TrainConfig, image_shape: Sequence[int]) -> nn.Module:
     if not config.gaussian_residual:
         return net
     sde = sde_to_config(sde_from_config({"name": config.sde, **config.sde_options}))
-    return GaussianResidualNet(net.config, sde, config.parameterization, c * h * w)
+    return nets.GaussianResidualNet(net.config, sde, config.parameterization, c * h * w)
 
 
 def gaussian_moments(

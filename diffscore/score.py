@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import as_time, bcast
-from .sde import SDE
+from .sde import SDE, sde_from_config, sde_to_config
 
 __all__ = ["ScoreModel", "ScoreFn", "PARAMETERIZATIONS"]
 
@@ -88,7 +88,6 @@ class ScoreModel(nn.Module):
             TypeError: the network has no ``config`` dict, or the SDE is not a diffscore VP/sub-VP/VE SDE.
         """
         from .checkpoint import atomic_directory, write_json, write_tensors
-        from .config import sde_to_config
 
         net_config = getattr(self.net, "config", None)
         if not isinstance(net_config, Mapping):
@@ -122,8 +121,8 @@ class ScoreModel(nn.Module):
                 do not fit the network the config describes (missing, unexpected or mis-shaped tensors);
                 every message names the path.
         """
+        from . import nets
         from .checkpoint import read_json, read_tensors
-        from .config import net_from_config, sde_from_config
 
         directory = Path(directory)
         if not directory.is_dir():
@@ -133,7 +132,7 @@ class ScoreModel(nn.Module):
         if config.get("format") != "diffscore.ScoreModel":
             raise ValueError(f"{str(config_path)!r} is not a diffscore ScoreModel config")
         try:
-            net = net_from_config(config["net"])
+            net = nets.from_config(config["net"])
             sde = sde_from_config(config["sde"])
             model = cls(net, sde, config["parameterization"], config.get("min_std", 1e-12))
         except (KeyError, TypeError, ValueError) as err:

@@ -12,16 +12,18 @@ implementation uses ``sigma(t)^2``, which differs by ``sigma_min^2`` (1e-4 at th
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ._checks import Generator, as_time, bcast, check_positive, randn
 
-__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE"]
+__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "SDES", "sde_to_config", "sde_from_config"]
 
 
 class SDE(ABC):
@@ -268,3 +270,29 @@ class SubVPSDE(VPSDE):
     def _t_from_sigma(self, sigma: Tensor) -> Tensor:
         # sigma = (1 - e^-B) e^(B/2) = 2 sinh(B / 2)
         return self._B_inverse(2 * torch.asinh(sigma / 2))
+
+
+#: SDE names in configs -> classes.
+SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+
+
+def sde_to_config(sde: SDE) -> dict[str, Any]:
+    """``{"name": "vp" | "subvp" | "ve", **constructor arguments}`` of a diffscore SDE.
+
+    Raises:
+        TypeError: ``sde`` is not one of the SDE classes in ``SDES``.
+    """
+    for name, cls in SDES.items():
+        if type(sde) is cls:
+            params = inspect.signature(cls.__init__).parameters
+            return {"name": name, **{k: getattr(sde, k) for k in params if k != "self"}}
+    raise TypeError(f"cannot describe SDE of type {type(sde).__name__}; known: {sorted(SDES)}")
+
+
+def sde_from_config(config: Mapping[str, Any]) -> SDE:
+    """Inverse of :func:`sde_to_config`. Raises ValueError for an unknown name (listing the valid ones)."""
+    kwargs = dict(config)
+    name = kwargs.pop("name", None)
+    if name not in SDES:
+        raise ValueError(f"sde name must be one of {sorted(SDES)}, got {name!r}")
+    return SDES[name](**kwargs)

@@ -52,12 +52,14 @@ from .checkpoint import (
     write_json,
     write_tensors,
 )
-from .config import GaussianResidualNet, TrainConfig, build_net, gaussian_moments, sde_from_config
+from .config import TrainConfig, build_net, gaussian_moments
 from .data import ImageData, load_digits, quantize, save_image_grid, uniform_dequantize
 from .likelihood import bits_per_dim
 from .losses import dsm_loss
+from .nets import GaussianResidualNet
 from .sampling import sample
 from .score import ScoreModel
+from .sde import sde_from_config
 
 __all__ = [
     "Trainer",

@@ -13,13 +13,13 @@ import torch
 import diffscore as ds
 from diffscore import checkpoint as ckpt
 from diffscore.config import (
-    GaussianResidualNet,
     TrainConfig,
     apply_overrides,
     gaussian_moments,
     get_preset,
 )
 from diffscore.data import load_digits, uniform_dequantize
+from diffscore.nets import GaussianResidualNet
 from diffscore.train import Trainer, gaussian_baseline_bpd
 
 # A tiny configuration: a 2-block MLP of width 32, batches of 16, validation on 4 images.

@@ -14,11 +14,13 @@ from typing import Any
 
 from torch import nn
 
+from .gaussian import GaussianResidualNet
 from .mlp import MLPScoreNet
 from .ncsnpp import NCSNpp
 from .refinenet import NCSNRefineNet
 
 __all__ = [
+    "GaussianResidualNet",
     "MLPScoreNet",
     "NCSNpp",
     "NCSNRefineNet",
@@ -33,6 +35,7 @@ NETS: dict[str, type[nn.Module]] = {
     "mlp": MLPScoreNet,
     "ncsnpp": NCSNpp,
     "ncsn": NCSNRefineNet,
+    "gaussian_residual": GaussianResidualNet,
 }
 
 
