@@ -16,15 +16,6 @@ from diffscore.oracles import GaussianMixture
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the states here are tiny: intra-op threads only add overhead (tens of times on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gaussian_score(sde, mu, cov):
     """Exact score of p_t = N(alpha mu, alpha^2 cov + std^2 I) on flattened states (B, *shape)."""
     lam, u = torch.linalg.eigh(cov)

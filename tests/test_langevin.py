@@ -17,15 +17,6 @@ from diffscore.sampling import (
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the states here are tiny: intra-op threads only add overhead (tens of times on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _figure3_mixture() -> GaussianMixture:
     return GaussianMixture([0.2, 0.8], torch.tensor([[-5.0, -5.0], [5.0, 5.0]], dtype=D64), 1.0)
 

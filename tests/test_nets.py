@@ -14,17 +14,6 @@ from diffscore._checks import bcast
 from diffscore.nets import PRESETS, NCSNRefineNet, build, from_config, num_parameters
 from diffscore.nets.layers import FIRConv2d, downsample_2d, fir_kernel_2d, upsample_2d
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The test machine has 2 shared cores; intra-op threads fighting other processes are several
-    # times slower than one thread. Restored after this module.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 # Song et al. 2021, Table 3 / App. H: parameter counts of the CIFAR-10 configurations.
 PUBLISHED = {
     "ncsnpp_cifar10": 62.76e6,

@@ -14,15 +14,6 @@ D64 = torch.float64
 SDES = {"ve": ds.VESDE(0.01, 50.0), "vp": ds.VPSDE(0.1, 20.0), "subvp": ds.SubVPSDE(0.1, 20.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the states here are tiny: intra-op threads only add overhead (tens of times on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _mixture(d: int, dtype=D64) -> GaussianMixture:
     m = torch.full((d,), 2.0 / math.sqrt(d) * 3, dtype=dtype)  # modes 12 apart whatever d
     return GaussianMixture([0.2, 0.8], torch.stack([-m, m]), 0.5)
