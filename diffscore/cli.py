@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--png", default=None, help="also write the decoded images as a PNG grid")
         common(p)
         p.set_defaults(func=func)
+    from .cli_controllable import add_commands
+
+    add_commands(sub)  # inpaint, colorize, classifier train, conditional
     return parser
 
 
