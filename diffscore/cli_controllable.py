@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -77,8 +78,7 @@ def _read_mask_file(path: Path) -> Tensor:
 
     if path.suffix.lower() == ".png":
         with Image.open(path) as im:
-            gray = torch.tensor(list(im.convert("L").getdata()), dtype=torch.float32)
-            gray = gray.reshape(im.size[1], im.size[0])
+            gray = torch.from_numpy(np.array(im.convert("L"))).float()
         if not bool(((gray == 0) | (gray == 255)).all()):
             raise ValueError(
                 f"--mask {str(path)!r}: a PNG mask must be black (0, hidden) and white (255, known)"
