@@ -25,6 +25,7 @@ __all__ = [
     "MASK_PRESETS",
     "TimeDependentClassifier",
     "add_commands",
+    "classifier_accuracy",
     "load_classifier",
     "make_mask",
     "save_classifier",
@@ -257,13 +258,21 @@ def train_classifier(
             score model's. steps, batch_size, lr, seed, eps: the optimisation. net_options: of the classifier.
 
     Returns:
-        ``(classifier, losses)``: the trained classifier (eval mode) and the loss of every step in nats.
+        ``(classifier, losses)``: the trained classifier (eval mode, on the CPU, float32) and the loss
+        of every step in nats.
+
+    Raises:
+        ValueError: ``steps`` or ``batch_size`` not an int >= 1, and the errors of the loss.
     """
     from .controllable import noisy_classifier_loss
     from .data import uniform_dequantize
 
-    torch.manual_seed(seed)
-    clf = TimeDependentClassifier(sde, images.shape[1:], seed=seed, **net_options)
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    with torch.random.fork_rng(devices=[]):  # the weight initialisation leaves the global stream alone
+        torch.manual_seed(seed)
+        clf = TimeDependentClassifier(sde, images.shape[1:], seed=seed, **net_options)
     clf.train()
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(clf.parameters(), lr=lr)
@@ -412,12 +421,11 @@ def _cmd_classifier_train(args: argparse.Namespace) -> int:
     accuracy = {
         f"{t:g}": classifier_accuracy(clf, x_test, test.labels, t * model.sde.T) for t in (0.0, 0.25, 0.5)
     }
-    save_classifier(
-        clf, args.out, test_accuracy=accuracy, steps=args.steps, final_loss=sum(losses[-50:]) / 50
-    )
+    last = sum(losses[-50:]) / len(losses[-50:])
+    save_classifier(clf, args.out, test_accuracy=accuracy, steps=args.steps, final_loss=last)
     print(
         f"classifier trained in {time.perf_counter() - start:.0f} s ({args.steps} steps, last-50 loss "
-        f"{sum(losses[-50:]) / len(losses[-50:]):.3f} nats); test accuracy at t/T = "
+        f"{last:.3f} nats); test accuracy at t/T = "
         + ", ".join(f"{k}: {v:.3f}" for k, v in accuracy.items())
         + f"; wrote {args.out}"
     )
