@@ -6,7 +6,8 @@ to a temporary name in its destination folder, flushed to disk, then renamed ove
 ``os.replace`` (atomic on POSIX and Windows), so a reader sees the old file or the new one, never a
 part of one. A directory of files (a training checkpoint, a pretrained model) is assembled in a hidden
 temporary directory next to its destination and renamed into place when complete: after a crash the
-destination is complete or absent, and the leftovers (names starting with ".") are ignored.
+destination is complete or absent, and the leftovers (names starting with ".") are ignored by the
+readers here and deleted by :func:`remove_temporaries`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "load_checkpoint",
     "list_checkpoints",
     "latest_checkpoint",
+    "remove_temporaries",
     "optimizer_state_to_tensors",
     "optimizer_state_from_tensors",
     "generator_state",
@@ -253,3 +255,31 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     """The complete checkpoint with the highest step under ``root``, or None."""
     found = list_checkpoints(root)
     return found[-1] if found else None
+
+
+def remove_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Delete the leftovers of writes that a killed process never finished, directly under ``root``.
+
+    These are the hidden names this module creates and renames away on success: ``.<name>.*.tmp``
+    (files of :func:`atomic_write`, directories of :func:`atomic_directory`) and ``.<name>.old-*``
+    (a replaced directory awaiting deletion). Call it only while no other process writes under
+    ``root`` (``diffscore train`` calls it on start, from the main process). Nothing else is touched;
+    a missing ``root`` is fine.
+
+    Returns:
+        The paths removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in sorted(root.iterdir()):
+        name = p.name
+        if not name.startswith(".") or not (name.endswith(".tmp") or ".old-" in name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

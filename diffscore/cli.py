@@ -4,6 +4,10 @@
 digits (no download) into ``runs/digits`` and reports test bits/dim beside a Gaussian baseline. The
 other commands read a model directory written by training (``runs/digits`` or ``runs/digits/model``).
 See docs/cli.md for a tour.
+
+Under ``torchrun`` (``python -m torch.distributed.run ... -m diffscore.cli``) ``train`` is data-parallel
+and ``bpd`` and ``sample`` split their images over the processes; only the main process prints and
+writes files (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,21 @@ def _model_dir(path: str) -> Path:
     if not (p / "model.safetensors").is_file() and (p / "model" / "model.safetensors").is_file():
         return p / "model"
     return p
+
+
+@contextmanager
+def _distributed(args: argparse.Namespace) -> Iterator[bool]:
+    """Join the torchrun job, if any (:func:`diffscore.distributed.init_distributed`): ``args.device``
+    becomes this process's device (``cuda`` -> ``cuda:<LOCAL_RANK>``). Yields whether this is the main
+    process; leaves the process group on exit."""
+    from . import distributed as dd
+
+    info, device = dd.init_distributed(args.device)
+    args.device = str(device)
+    try:
+        yield info.is_main
+    finally:
+        dd.shutdown()
 
 
 def _load_model(args: argparse.Namespace):
@@ -128,23 +148,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
             overrides.insert(0, f"{field}={value}")
     config = apply_overrides(config, overrides)
     out = args.out or os.path.join("runs", args.preset)
-    train(
-        config,
-        out,
-        device=args.device,
-        dtype=_DTYPES[args.dtype],
-        resume=args.resume,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
+    with _distributed(args):
+        train(
+            config,
+            out,
+            device=args.device,
+            dtype=_DTYPES[args.dtype],
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+            bf16=args.bf16,
+        )
     return 0
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    with _distributed(args) as main:
+        return _sample(args, main)
+
+
+def _sample(args: argparse.Namespace, main: bool) -> int:
     from .config import parse_value
     from .data import save_image_grid
     from .train import generate_samples
 
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, metadata = _load_model(args)
     num_bins, data_range = _data_info(metadata)
     shape = tuple(metadata.get("image_shape") or ())
@@ -166,8 +195,18 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         options[key] = parse_value(text)
     start = time.perf_counter()
     x, x_int = generate_samples(
-        model, args.num, shape, num_bins, data_range, args.method, args.seed, **options
+        model,
+        args.num,
+        shape,
+        num_bins,
+        data_range,
+        args.method,
+        args.seed,
+        batch_size=args.batch_size,
+        **options,
     )
+    if not main:
+        return 0
     out = Path(args.out)
     grid = save_image_grid(x_int, out, nrow=args.nrow or math.ceil(math.sqrt(args.num)), num_bins=num_bins)
     tensors = Path(args.tensors) if args.tensors else out.with_suffix(".safetensors")
@@ -180,6 +219,11 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_bpd(args: argparse.Namespace) -> int:
+    with _distributed(args) as main:
+        return _bpd(args, main)
+
+
+def _bpd(args: argparse.Namespace, main: bool) -> int:
     from .config import TrainConfig
     from .train import evaluate_bpd, load_splits, summarize
 
@@ -213,8 +257,10 @@ def _cmd_bpd(args: argparse.Namespace) -> int:
         eps=eps,
         rtol=args.rtol,
         atol=args.atol,
-        progress=not args.no_progress,
+        progress=main and not args.no_progress,
     )
+    if not main:
+        return 0
     stats = summarize(bpd)
     label = (
         f"{config.dataset} {args.split} bits/dim ({args.divergence} divergence, uniform dequantization, "
@@ -310,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="start afresh, deleting checkpoints in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast in the training forward pass (docs/distributed.md)"
+    )
     common(p)
     p.set_defaults(func=_cmd_train)
 
@@ -323,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=float, default=None, help="end time (default 1e-3 VP, 1e-5 VE)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other sampler options")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="samples per solve (default: all at once)")
     p.add_argument("--nrow", type=int, default=None)
     p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
     p.add_argument(

@@ -57,12 +57,14 @@ class TrainConfig:
         parameterization: of :class:`diffscore.ScoreModel` ("noise", "score", "scaled").
     Objective (:func:`diffscore.losses.dsm_loss`): weighting ("sigma2" or "likelihood"),
         importance_sampling, eps (smallest training time), loss_reduction ("sum" or "mean").
-    Optimisation: steps, batch_size, lr (Adam), warmup (linear, in steps), lr_schedule after the
-        warmup ("constant", or "cosine" decay to 0 at ``steps``), grad_clip (global norm),
-        weight_decay (AdamW, decoupled), ema_rate, seed.
+    Optimisation: steps, batch_size (the global batch: with W processes each takes batch_size / W),
+        lr (Adam), warmup (linear, in steps), lr_schedule after the warmup ("constant", or "cosine"
+        decay to 0 at ``steps``), grad_clip (global norm), weight_decay (AdamW, decoupled), ema_rate,
+        seed.
     Evaluation: eval_every (validation bits/dim of the EMA weights; the best is kept),
         val_divergence / test_divergence ("exact" or "hutchinson"), likelihood_eps, rtol, atol,
-        eval_batch_size, val_limit / test_limit (evaluate the first N images only; None = all).
+        eval_batch_size (images per ODE solve; several processes split the batches),
+        val_limit / test_limit (evaluate the first N images only; None = all).
     Output: checkpoint_every, keep_checkpoints, log_every, num_samples, sample_method,
         sample_options (passed to :func:`diffscore.sample`).
     """

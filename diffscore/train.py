@@ -9,20 +9,24 @@ selection: every ``eval_every`` steps the EMA weights are scored by bits/dim on 
 and the best ones are kept (early stopping on ~1500 images, which overfit within minutes).
 
 Reproducibility: all randomness comes from seeded generators: the data order is a pure function of
-``(seed, step)`` (one seeded permutation per epoch), the dequantization noise, times and Gaussian
-noise come from one ``torch.Generator`` whose state is checkpointed, and torch's global generator
-(dropout) is seeded and checkpointed too. A run resumed from a checkpoint on the CPU takes bitwise
-the same steps as an uninterrupted one.
+``(seed, step)`` (one seeded permutation per epoch); one ``torch.Generator`` whose state is
+checkpointed gives a seed per step, from which every training sample gets its own generator for its
+dequantization noise, time and Gaussian noise; torch's global generator (dropout) is seeded and
+checkpointed too. A run resumed from a checkpoint on the CPU takes bitwise the same steps as an
+uninterrupted one.
 
 Checkpoints (:mod:`diffscore.checkpoint`) are directories ``<out>/checkpoints/step_<step>`` of
 safetensors files (model, EMA, optimizer state, best EMA) and a ``state.json`` (step, config, RNG
 states as lists, metrics); nothing is pickled. The metrics log ``<out>/metrics.jsonl`` has one JSON
 record per line.
 
-Distributed training (torch.distributed DDP) plugs in at marked places: ``rank`` / ``world_size`` in
-:class:`Trainer`, :meth:`Trainer.batch_indices` (each rank takes its own slice of every global batch),
-the per-rank seeds of :meth:`Trainer._seed`, the gradient all-reduce between ``backward`` and clipping
-in :meth:`Trainer.train_step`, and :attr:`Trainer.is_main`, which guards every file write.
+Several processes (``torchrun``, docs/distributed.md): under a running torch.distributed process group
+the trainer is data-parallel (DistributedDataParallel). ``config.batch_size`` is the global batch, each
+process takes its block of ``batch_size / W`` (:attr:`Trainer.batch_block`), and since a sample's
+noise depends on its position in the global batch, not on the process, W processes take the steps of
+one process up to floating-point summation order. Validation, the test evaluation and sampling are
+split over the processes (:mod:`diffscore.distributed`); only the main process (:attr:`Trainer.is_main`)
+writes files, and checkpoints are written by it while the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import distributed as dd
+from ._checks import Generator, rand, seed_from
 from .checkpoint import (
     atomic_write,
     generator_state,
@@ -47,6 +53,7 @@ from .checkpoint import (
     load_checkpoint,
     optimizer_state_from_tensors,
     optimizer_state_to_tensors,
+    remove_temporaries,
     save_checkpoint,
     set_generator_state,
     write_json,
@@ -69,6 +76,7 @@ __all__ = [
     "gaussian_baseline_bpd",
     "summarize",
     "generate_samples",
+    "check_bf16",
 ]
 
 
@@ -138,6 +146,7 @@ def evaluate_bpd(
     method: str = "dopri5",
     progress: bool = False,
     desc: str = "bits/dim",
+    shard: bool = True,
 ) -> tuple[Tensor, int]:
     """Bits/dim of every image of ``x_int`` under ``model`` (:func:`diffscore.bits_per_dim`).
 
@@ -146,22 +155,36 @@ def evaluate_bpd(
     its batch beyond the solver tolerance (the solver shares a step size across a batch and meets the
     tolerance for every image).
 
+    Under torch.distributed (``shard=True`` and more than one process) every process must call this
+    with the same arguments: each solves its share of the batches
+    (:func:`diffscore.distributed.shard_batches`; with at least as many batches as processes these are
+    the very batches of a single process, so the values are the same) and every process receives all
+    N values in order. The model is used as given (pass the plain module, not a DDP wrapper) and no
+    collective runs inside a solve, so processes that need different NFE cannot deadlock.
+
     Args:
         model: the score model (its device and dtype are used).
         x_int: (N, C, H, W) integers in {0, ..., num_bins - 1}.
         divergence: "exact" or "hutchinson" (one Rademacher probe per image, fixed in a solve).
         batch_size: images per ODE solve. eps, rtol, atol, method: as in :func:`diffscore.log_likelihood`.
+        shard: split the work over the processes of a running process group (False: this process
+            evaluates every image).
 
     Returns:
-        ``(bpd, nfe)``: bpd (N,) on the CPU in bits/dim, and the score evaluations summed over batches.
+        ``(bpd, nfe)``: bpd (N,) on the CPU in bits/dim, and the score evaluations summed over batches
+        (and processes).
     """
     p = next(iter(model.parameters()), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
-    out, nfe = [], 0
-    starts = range(0, x_int.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        chunk = x_int[start : start + batch_size].to(device)
-        gens = [torch.Generator(device).manual_seed(seed + start + i) for i in range(chunk.shape[0])]
+    n = x_int.shape[0]
+    mine = dd.shard_batches(n, batch_size) if shard else dd.shard_batches(n, batch_size, 0, 1)
+    bar = tqdm(total=sum(len(b) for b in mine), desc=desc, disable=not progress, leave=False)
+    nfe = 0
+
+    def batch_bpd(indices: range) -> Tensor:
+        nonlocal nfe
+        chunk = x_int[indices.start : indices.stop].to(device)
+        gens = [torch.Generator(device).manual_seed(seed + i) for i in indices]
         res = bits_per_dim(
             model.sde,
             model,
@@ -176,9 +199,17 @@ def evaluate_bpd(
             atol=atol,
             method=method,
         )
-        out.append(res.bpd.detach().cpu())
         nfe += res.nfe
-    return torch.cat(out), nfe
+        bar.update(len(indices))
+        return res.bpd.detach().cpu()
+
+    if shard:
+        bpd = dd.map_sharded(batch_bpd, n, batch_size)
+        nfe = dd.sum_over_ranks(nfe)
+    else:
+        bpd = torch.cat([batch_bpd(b) for b in mine])
+    bar.close()
+    return bpd, nfe
 
 
 def gaussian_baseline_bpd(
@@ -240,32 +271,82 @@ def generate_samples(
     data_range: tuple[float, float],
     method: str = "ode",
     seed: int = 0,
+    *,
+    batch_size: int | None = None,
+    shard: bool = True,
     **options: Any,
 ) -> tuple[Tensor, Tensor]:
     """Draw ``num`` samples with :func:`diffscore.sample` and quantize them to bins.
+
+    Sample i draws all its randomness from its own generator, seeded with
+    :func:`diffscore.distributed.sample_seed` of ``(seed, i)``, so it does not depend on the other
+    samples of its batch (fixed-step methods: exactly; adaptive ones share a step size within a batch
+    and agree within their tolerance). Under torch.distributed (``shard=True``, several processes)
+    every process must call this with the same arguments; the samples are split over the processes
+    (:func:`diffscore.distributed.shard_batches`) and every process receives all of them in order.
+
+    Args:
+        batch_size: samples per :func:`diffscore.sample` call (default: all ``num`` at once).
+        shard: split the work over the processes of a running process group.
+        options: passed to :func:`diffscore.sample`.
 
     Returns:
         ``(x, x_int)``: the float samples (num, *image_shape) in data space and their cells
         (:func:`diffscore.data.quantize`) in {0, ..., num_bins - 1}, both on the CPU.
     """
     p = next(iter(model.parameters()))
-    gen = torch.Generator(p.device).manual_seed(seed)
-    with torch.no_grad():
-        x = sample(
-            model.sde,
-            model,
-            (num, *image_shape),
-            method,
-            generator=gen,
-            device=p.device,
-            dtype=p.dtype,
-            **options,
-        )
-    x = x.detach().cpu()
+
+    def draw(indices: range) -> Tensor:
+        with torch.no_grad():
+            x = sample(
+                model.sde,
+                model,
+                (len(indices), *image_shape),
+                method,
+                generator=dd.sample_generators(seed, indices, p.device),
+                device=p.device,
+                dtype=p.dtype,
+                **options,
+            )
+        return x.detach().cpu()
+
+    batch = num if batch_size is None else batch_size
+    if shard:
+        x = dd.map_sharded(draw, num, batch)
+    else:
+        x = torch.cat([draw(b) for b in dd.shard_batches(num, batch, 0, 1)])
     return x, quantize(x, num_bins, data_range)
 
 
 # ---- the trainer --------------------------------------------------------------------------------------
+def check_bf16(bf16: bool, device: torch.device | str, dtype: torch.dtype) -> bool:
+    """Validate the bf16 autocast training option; returns it.
+
+    bf16 autocast (``torch.autocast(dtype=torch.bfloat16)``) runs the matrix products and convolutions
+    of the training forward pass in bfloat16, while the weights, optimizer state, loss arithmetic and
+    all evaluation (likelihoods, sampling) stay in float32. It works on CUDA GPUs with bfloat16 (Ampere
+    and newer) and on the CPU (correct, usually slower there than float32).
+
+    Raises:
+        TypeError: ``bf16`` is not a bool.
+        ValueError: ``bf16`` with a dtype other than float32 (autocast leaves float64 untouched), on a
+            GPU without bfloat16, or on a device type other than cuda and cpu.
+    """
+    if not isinstance(bf16, bool):
+        raise TypeError(f"bf16 must be a bool, got {type(bf16).__name__}")
+    if not bf16:
+        return False
+    device = torch.device(device)
+    if dtype != torch.float32:
+        raise ValueError(f"bf16 autocast needs float32 weights (dtype float32), got {dtype}")
+    if device.type == "cuda":
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(f"bf16 autocast: the GPU {device} does not support bfloat16")
+    elif device.type != "cpu":
+        raise ValueError(f"bf16 autocast works on cuda and cpu devices, not {device.type!r}")
+    return True
+
+
 class Trainer:
     """Trains a :class:`~diffscore.ScoreModel` as ``config`` says; see the module docstring.
 
@@ -276,6 +357,11 @@ class Trainer:
         data: optional ``{"train": ImageData, "validation": ImageData, "test": ImageData}`` (test
             optional) instead of loading ``config.dataset``.
         progress: show a tqdm progress bar.
+        bf16: run the training forward pass under bf16 autocast (:func:`check_bf16`).
+
+    Under a running torch.distributed process group (``torchrun``) the trainer is data-parallel: build
+    it on every process with the same arguments; ``config.batch_size`` is the global batch and must be
+    divisible by the number of processes W (else ValueError).
 
     Attributes:
         model: the raw (trained) ScoreModel. ema: its EMA copy (eval mode, no gradients).
@@ -298,6 +384,7 @@ class Trainer:
         dtype: torch.dtype = torch.float32,
         data: dict[str, ImageData] | None = None,
         progress: bool = True,
+        bf16: bool = False,
     ) -> None:
         config.validate()
         self.config = config
@@ -305,9 +392,15 @@ class Trainer:
         self.device = torch.device(device or "cpu")
         self.dtype = dtype
         self.progress = progress
-        # distributed hooks (issue 6): set from torch.distributed.get_rank() / get_world_size()
-        self.rank, self.world_size = 0, 1
-        self.is_main = self.rank == 0
+        self.bf16 = check_bf16(bf16, self.device, dtype)
+        info = dd.current()
+        self.rank, self.world_size, self.is_main = info.rank, info.world_size, info.is_main
+        if config.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} (the global batch) must be divisible by the number of "
+                f"processes, {self.world_size}"
+            )
+        self.local_batch_size = config.batch_size // self.world_size
 
         splits = data if data is not None else load_splits(config)
         self.train_data, self.val_data = splits["train"], splits["validation"]
@@ -326,12 +419,21 @@ class Trainer:
             images = self.train_images
             net.set_moments(*gaussian_moments(images, self.num_bins, self.data_range, dtype))
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        # what the loss calls: under torch.distributed a DDP wrapper, whose backward averages the
+        # gradients over the processes (Li et al. 2020); evaluation always uses the plain modules
+        self.ddp: torch.nn.Module = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
         )
-        # all training randomness: one generator for data noise / times, torch's global one for dropout
-        self.noise_generator = torch.Generator(self.device).manual_seed(self._seed(1))
-        torch.manual_seed(self._seed(2))
+        # all training randomness: one CPU generator, in the same state on every process, gives a seed
+        # per step (see train_step); torch's global one, seeded per process, drives dropout
+        self.noise_generator = torch.Generator().manual_seed(self._seed(1))
+        torch.manual_seed(self._seed(2) + self.rank)
         self.step = 0
         self.best_val: float | None = None
         self.best_step = -1
@@ -341,8 +443,8 @@ class Trainer:
 
     # ---- seeds and data order ---------------------------------------------------------------------
     def _seed(self, stream: int) -> int:
-        """Seed of random stream ``stream`` on this rank: distinct for each (seed, stream, rank)."""
-        return (self.config.seed * 1_000_003 + stream) * 4099 + self.rank
+        """Seed of random stream ``stream``: distinct for each (seed, stream), the same on every process."""
+        return (self.config.seed * 1_000_003 + stream) * 4099
 
     def _epoch_permutation(self, epoch: int) -> Tensor:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
@@ -350,17 +452,25 @@ class Trainer:
             self._perm_cache = (epoch, torch.randperm(len(self.train_data), generator=gen))
         return self._perm_cache[1]
 
+    @property
+    def batch_block(self) -> range:
+        """Positions of this process's samples within every global batch: ``range(r b, (r + 1) b)`` for
+        process r of W, with ``b = batch_size / W`` (all of ``range(batch_size)`` for one process)."""
+        b = self.local_batch_size
+        return range(self.rank * b, (self.rank + 1) * b)
+
     def batch_indices(self, step: int) -> Tensor:
-        """Training-set indices of this rank's batch at ``step`` (CPU int64, ``batch_size`` of them).
+        """Training-set indices of this process's batch at ``step`` (CPU int64, ``batch_size / W``).
 
         The data stream is the concatenation of one seeded permutation of the training set per epoch;
-        global batch ``step`` is stream positions ``[step * B * W, (step + 1) * B * W)`` (B the batch
-        size, W the world size) and rank r takes the r-th block of B. Depends on ``(seed, step)`` only.
+        global batch ``step`` is stream positions ``[step * B, (step + 1) * B)`` (B = ``batch_size``)
+        and process r takes its :attr:`batch_block` of them. Depends on ``(seed, step)`` only; the
+        processes' blocks together are the batch of a single process, whatever W is.
         """
-        b, n = self.config.batch_size, len(self.train_data)
-        start = (step * self.world_size + self.rank) * b
-        positions = torch.arange(start, start + b)
-        out = torch.empty(b, dtype=torch.int64)
+        n = len(self.train_data)
+        block = self.batch_block
+        positions = torch.arange(block.start, block.stop) + step * self.config.batch_size
+        out = torch.empty(positions.shape[0], dtype=torch.int64)
         for epoch in torch.unique(positions // n).tolist():
             mask = positions // n == epoch
             out[mask] = self._epoch_permutation(epoch)[positions[mask] % n]
@@ -378,35 +488,46 @@ class Trainer:
         return cfg.lr
 
     # ---- one step -----------------------------------------------------------------------------------
-    def loss(self, x0: Tensor) -> Tensor:
-        """The denoising score-matching loss of a batch of dequantized data ``x0``."""
+    def loss(self, x0: Tensor, generator: Generator = None) -> Tensor:
+        """The denoising score-matching loss of a batch of dequantized data ``x0`` (mean over the batch),
+        with times and noise from ``generator`` (one, or a list of one per sample); under bf16 autocast
+        when the trainer was built with ``bf16=True``."""
         cfg = self.config
-        return dsm_loss(
-            self.model,
-            self.model.sde,
-            x0,
-            eps=cfg.eps,
-            weighting=cfg.weighting,
-            reduction=cfg.loss_reduction,
-            generator=self.noise_generator,
-            importance_sampling=cfg.importance_sampling,
-        )
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return dsm_loss(
+                self.ddp,
+                self.model.sde,
+                x0,
+                eps=cfg.eps,
+                weighting=cfg.weighting,
+                reduction=cfg.loss_reduction,
+                generator=generator,
+                importance_sampling=cfg.importance_sampling,
+            )
 
     def train_step(self) -> tuple[Tensor, Tensor]:
-        """One optimizer step; returns ``(loss, gradient norm before clipping)`` as 0-d tensors."""
+        """One optimizer step; returns ``(loss of this process's samples, gradient norm before clipping)``
+        as 0-d tensors.
+
+        One seed per step is drawn from :attr:`noise_generator` (the same on every process), and sample
+        j of the global batch draws its dequantization noise, flip, time and Gaussian noise from its
+        own CPU generator seeded with :func:`diffscore.distributed.sample_seed` of ``(step seed, j)``. A
+        step therefore computes the same per-sample losses however the global batch is split over
+        processes, and on any device. Under DDP, ``backward`` averages the gradients over the
+        processes, which gives the gradient of the global-batch mean loss; clipping, the optimizer and
+        the EMA then act on identical values on every process.
+        """
         cfg = self.config
+        gens = dd.sample_generators(seed_from(self.noise_generator), self.batch_block)
         x_int = self.train_images[self.batch_indices(self.step).to(self.device)]
-        x0 = uniform_dequantize(
-            x_int, self.num_bins, self.data_range, generator=self.noise_generator, dtype=self.dtype
-        )
+        x0 = uniform_dequantize(x_int, self.num_bins, self.data_range, generator=gens, dtype=self.dtype)
         if cfg.random_flip:
-            flip = torch.rand(x0.shape[0], generator=self.noise_generator, device=self.device) < 0.5
+            flip = rand((x0.shape[0],), gens, self.device, x0.dtype) < 0.5
             x0 = torch.where(flip.reshape((-1,) + (1,) * (x0.ndim - 1)), x0.flip(-1), x0)
         self.model.train()
-        loss = self.loss(x0)
+        loss = self.loss(x0, gens)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # (DDP: gradients are all-reduced here, before clipping)
+        loss.backward()  # under DDP the gradients are averaged over the processes here
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
@@ -494,7 +615,7 @@ class Trainer:
                 record = {
                     "event": "train",
                     "step": self.step,
-                    "loss": float(loss_sum / count),
+                    "loss": float(dd.mean_over_ranks(loss_sum / count)),
                     "grad_norm": float(norm_sum / count),
                     "lr": self.lr_at(self.step - 1),
                     "steps_per_second": count / (time.perf_counter() - tick),
@@ -533,23 +654,35 @@ class Trainer:
         path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
         if not self.is_main or path is None or not path.is_file():
             return
-        kept = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short when a run was killed
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
         text = "".join(line + "\n" for line in kept).encode("utf-8")
         atomic_write(path, lambda f: f.write(text))
 
     def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
-        """Everything needed to resume: ``(tensor groups, JSON state)`` for :func:`save_checkpoint`."""
+        """Everything needed to resume: ``(tensor groups, JSON state)`` for :func:`save_checkpoint`.
+
+        Under torch.distributed every process must call it: the global RNG states of all processes
+        are gathered (``rng["torch_ranks"]``, ``rng["cuda_ranks"]``, in rank order, beside rank 0's in
+        ``rng["torch"]`` / ``rng["cuda"]``).
+        """
         opt_tensors, opt_info = optimizer_state_to_tensors(self.optimizer.state_dict())
         groups = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": opt_tensors}
         if self.best_state is not None:
             groups["best_ema"] = self.best_state
-        rng = {"noise": generator_state(self.noise_generator), "torch": torch.get_rng_state().tolist()}
+        mine = {"torch": torch.get_rng_state().tolist()}
         if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device).tolist()
+            mine["cuda"] = torch.cuda.get_rng_state(self.device).tolist()
+        states = dd.all_gather_objects(mine)
+        rng: dict[str, Any] = {"noise": generator_state(self.noise_generator), **states[0]}
+        if self.world_size > 1:
+            rng.update({f"{key}_ranks": [s[key] for s in states] for key in mine})
         state = {
             "format": "diffscore.train",
             "version": 1,
@@ -587,27 +720,41 @@ class Trainer:
             )
         except RuntimeError as err:
             raise ValueError(f"checkpoint does not fit the model of its config: {err}") from err
-        set_generator_state(self.noise_generator, state["rng"]["noise"])
-        torch.set_rng_state(torch.tensor(state["rng"]["torch"], dtype=torch.uint8))
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(torch.tensor(state["rng"]["cuda"], dtype=torch.uint8), self.device)
+        rng = state["rng"]
+        set_generator_state(self.noise_generator, rng["noise"])
         self.step = int(state["step"])
+        if int(state.get("world_size", 1)) == self.world_size:
+            # as many processes as before: each resumes its own global RNG stream exactly
+            many = self.world_size > 1
+            cpu_state = rng["torch_ranks"][self.rank] if many else rng["torch"]
+            torch.set_rng_state(torch.tensor(cpu_state, dtype=torch.uint8))
+            if "cuda" in rng and self.device.type == "cuda":
+                cuda_state = rng["cuda_ranks"][self.rank] if many else rng["cuda"]
+                torch.cuda.set_rng_state(torch.tensor(cuda_state, dtype=torch.uint8), self.device)
+        else:
+            # another number of processes: fresh per-process streams (they drive dropout only; the data
+            # order and the training noise continue unchanged)
+            torch.manual_seed(dd.sample_seed(self._seed(2), self.step, self.rank))
         self.best_val, self.best_step = state["best"]["val_bpd"], int(state["best"]["step"])
         self.last_metrics = dict(state.get("metrics", {}))
         self._truncate_log(self.step)
 
     def save_checkpoint(self) -> Path | None:
         """Write ``<out>/checkpoints/step_<step>`` atomically and delete all but the newest
-        ``keep_checkpoints`` (main process only; None when not written)."""
-        if not self.is_main or self.out_dir is None or self.config.keep_checkpoints == 0:
+        ``keep_checkpoints``. Under torch.distributed every process calls it: the main process writes
+        while the others wait at a barrier. Returns the path (None where nothing was written)."""
+        if self.out_dir is None or self.config.keep_checkpoints == 0:
             return None
-        root = self.out_dir / "checkpoints"
         groups, state = self.state()
-        path = save_checkpoint(root / f"step_{self.step:08d}", groups, state)
-        import shutil
+        path = None
+        if self.is_main:
+            import shutil
 
-        for old in list_checkpoints(root)[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            root = self.out_dir / "checkpoints"
+            path = save_checkpoint(root / f"step_{self.step:08d}", groups, state)
+            for old in list_checkpoints(root)[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        dd.barrier()
         return path
 
     @classmethod
@@ -616,7 +763,9 @@ class Trainer:
     ) -> Trainer:
         """A trainer restored from the checkpoint directory ``path`` (its config comes from the checkpoint).
 
-        ``kwargs`` go to the constructor (device, dtype, data, progress).
+        ``kwargs`` go to the constructor (device, dtype, data, progress, bf16). Under torch.distributed
+        every process calls it with the same ``path`` (on a file system they share), with any number of
+        processes that divides ``batch_size``.
 
         Raises:
             FileNotFoundError: missing checkpoint. ValueError: corrupt or mismatched checkpoint.
@@ -667,6 +816,7 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     """Train, export the selected EMA model, evaluate it on the test split and draw samples.
 
@@ -678,9 +828,18 @@ def train(
     ``data_range`` of the data, every test image unless ``test_limit``) as mean, median and worst,
     beside the closed-form bits/dim of a full-covariance Gaussian fit (:func:`gaussian_baseline_bpd`).
 
+    Under torch.distributed (a process group started by the caller, e.g. with
+    :func:`diffscore.distributed.init_distributed`) every process calls this with the same arguments
+    and an ``out_dir`` they share: training is data-parallel on the global batch ``config.batch_size``,
+    the evaluations and sampling are split over the processes, and only the main process writes files
+    and calls ``echo``. A run resumes on any number of processes (docs/distributed.md). On start, the
+    hidden leftovers of writes that a killed run never finished are deleted
+    (:func:`diffscore.checkpoint.remove_temporaries`).
+
     Args:
         resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (its config is used).
         overwrite: start afresh even though ``out_dir`` holds checkpoints (they are deleted).
+        bf16: train under bf16 autocast (:func:`check_bf16`).
 
     Raises:
         FileExistsError: ``out_dir`` holds checkpoints and neither ``resume`` nor ``overwrite`` is set.
@@ -692,8 +851,15 @@ def train(
 
     start = time.perf_counter()
     out = Path(out_dir)
+    main = dd.current().is_main
+    if not main:
+        progress, echo = False, _silent
     ckpt = latest_checkpoint(out / "checkpoints")
-    kwargs = dict(device=device, dtype=dtype, progress=progress)
+    dd.barrier()  # every process has found the checkpoint before the main one changes the folder
+    if main:
+        remove_temporaries(out)
+        remove_temporaries(out / "checkpoints")
+    kwargs = dict(device=device, dtype=dtype, progress=progress, bf16=bf16)
     if resume and ckpt is not None:
         trainer = Trainer.from_checkpoint(ckpt, out, **kwargs)
         echo(f"resuming from {ckpt} (step {trainer.step})")
@@ -703,18 +869,23 @@ def train(
                 f"{str(out)!r} already holds checkpoints; pass --resume to continue "
                 "or --overwrite to start over"
             )
-        if ckpt is not None:
+        if ckpt is not None and main:
             shutil.rmtree(out / "checkpoints")
             (out / "metrics.jsonl").unlink(missing_ok=True)
         trainer = Trainer(config, out, **kwargs)
     cfg = trainer.config
-    write_json(out / "train_config.json", cfg.to_dict())
+    if main:
+        write_json(out / "train_config.json", cfg.to_dict())
     n_params = sum(p.numel() for p in trainer.model.parameters())
+    split = (
+        f" ({trainer.world_size} processes of {trainer.local_batch_size})" if trainer.world_size > 1 else ""
+    )
     echo(
         f"training {cfg.net}{' + Gaussian residual' if cfg.gaussian_residual else ''} "
         f"({n_params} parameters) "
         f"on {cfg.dataset} ({len(trainer.train_data)} train / {len(trainer.val_data)} validation images), "
         f"{cfg.sde} SDE, {cfg.steps} steps of {cfg.batch_size}"
+        f"{split}{', bf16 autocast' if trainer.bf16 else ''}"
     )
     trainer.fit()
     train_seconds = time.perf_counter() - start
@@ -759,8 +930,10 @@ def train(
         **cfg.sample_options,
     )
     nrow = math.ceil(math.sqrt(cfg.num_samples))
-    grid = save_image_grid(samples_int, out / "samples.png", nrow=nrow, num_bins=trainer.num_bins)
-    write_tensors(out / "samples.safetensors", {"samples": samples, "samples_int": samples_int})
+    grid = out / "samples.png"
+    if main:
+        save_image_grid(samples_int, grid, nrow=nrow, num_bins=trainer.num_bins)
+        write_tensors(out / "samples.safetensors", {"samples": samples, "samples_int": samples_int})
 
     total = time.perf_counter() - start
     results = {
@@ -774,11 +947,14 @@ def train(
         "gaussian_baseline_bpd": base_stats,
         "num_bins": trainer.num_bins,
         "data_range": list(trainer.data_range),
+        "world_size": trainer.world_size,
+        "bf16": trainer.bf16,
         "seconds": {"train": train_seconds, "test_eval": eval_seconds, "total": total},
-        "model": str(model_dir),
+        "model": str(out / "model"),
         "samples": str(grid),
     }
-    write_json(out / "results.json", results)
+    if main:
+        write_json(out / "results.json", results)
     rng = trainer.data_range
     echo(
         f"trained {trainer.step} steps in {train_seconds:.0f} s; selected EMA weights of step "
@@ -795,4 +971,9 @@ def train(
         f"mean {base_stats['mean']:.3f}  median {base_stats['median']:.3f}  worst {base_stats['worst']:.3f}"
     )
     echo(f"wrote {model_dir}, {out / 'metrics.jsonl'}, {grid}; total time {total:.0f} s")
+    dd.barrier()  # no process returns while the main one still writes
     return results
+
+
+def _silent(message: str) -> None:
+    """The ``echo`` of the processes other than the main one: says nothing."""
