@@ -188,6 +188,11 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
         options["atol"] = args.atol
     if args.eps is not None:
         options["eps"] = args.eps
+    for key in ("predictor", "corrector", "snr"):  # predictor-corrector options (method pc), only when given
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.corrector_steps is not None:
+        options["n_steps"] = args.corrector_steps
     for item in args.option or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -370,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=None, help="ode / adaptive tolerance")
     p.add_argument("--atol", type=float, default=None)
     p.add_argument("--eps", type=float, default=None, help="end time (default 1e-3 VP, 1e-5 VE)")
+    p.add_argument("--predictor", default=None, help="pc: euler_maruyama, reverse_diffusion, ancestral, none")
+    p.add_argument("--corrector", default=None, help="pc: langevin, annealed_langevin, none")
+    p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
+    p.add_argument("--corrector-steps", type=int, default=None, help="pc: corrector steps per noise level")
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other sampler options")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="samples per solve (default: all at once)")

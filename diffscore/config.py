@@ -90,6 +90,9 @@ class TrainConfig:
     importance_sampling: bool = False
     eps: float = 1e-5
     loss_reduction: str = "sum"
+    #: "dsm" (score SDE, :func:`diffscore.losses.dsm_loss`) or "ncsn" (NCSN RefineNet net(x, sigma), its
+    #: sigmas, :func:`diffscore.losses.ncsn_loss`, annealed Langevin samples; see diffscore.ncsn_train)
+    objective: str = "dsm"
 
     steps: int = 10_000
     batch_size: int = 256
@@ -152,6 +155,7 @@ class TrainConfig:
             "val_divergence": ("exact", "hutchinson"),
             "test_divergence": ("exact", "hutchinson"),
             "parameterization": ("noise", "score", "scaled"),
+            "objective": ("dsm", "ncsn"),
         }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -211,6 +215,19 @@ PRESETS: dict[str, TrainConfig] = {
     "digits": TrainConfig(),
     # the small DDPM++ U-Net on the digits (exact evaluation is slow on a CPU: use --device cuda)
     "digits_unet": TrainConfig(net="ddpmpp_digits", net_options={}, gaussian_residual=False, lr=2e-4),
+    # NCSN (Song & Ermon 2019) on the digits: RefineNet preset with sigmas 1 ... 0.01 (L = 10, geometric),
+    # Adam 1e-3, annealed Langevin eps = 2e-5, T = 100 per level; no bits/dim (no exact likelihood)
+    "ncsn_digits": TrainConfig(
+        objective="ncsn",
+        net="ncsn_digits",
+        net_options={},
+        gaussian_residual=False,
+        steps=3000,
+        batch_size=128,
+        warmup=100,
+        ema_rate=0.999,
+        sample_options={"step_size": 2e-5, "n_steps_each": 100, "denoise": True},
+    ),
     "cifar10": TrainConfig(dataset="cifar10", data_root="data", **_BIG_IMAGES),
     "image_folder": TrainConfig(dataset="image_folder", data_root=None, **_BIG_IMAGES),
 }

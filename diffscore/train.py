@@ -849,6 +849,12 @@ def train(
     """
     import shutil
 
+    if config.objective == "ncsn":  # NCSN RefineNet: own loop, no exact likelihood (diffscore.ncsn_train)
+        from .ncsn_train import train_ncsn
+
+        if resume or dd.current().world_size > 1:
+            raise ValueError("objective='ncsn' runs in one process and does not resume")
+        return train_ncsn(config, out_dir, device=device, dtype=dtype, progress=progress, echo=echo)
     start = time.perf_counter()
     out = Path(out_dir)
     main = dd.current().is_main
