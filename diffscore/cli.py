@@ -278,6 +278,17 @@ def _bpd(args: argparse.Namespace, main: bool) -> int:
     return 0
 
 
+def _check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input") -> Tensor:
+    """Raise ValueError naming ``flag`` unless ``x`` is a float (B, *image_shape) batch for this model."""
+    shape = tuple(metadata.get("image_shape") or ())
+    if not x.is_floating_point():
+        raise ValueError(f"{flag} must hold floating-point data in the model's range, got {x.dtype}")
+    if shape and tuple(x.shape[1:]) != shape:
+        want = ", ".join(map(str, shape))
+        raise ValueError(f"{flag} must hold a batch shaped (B, {want}), got {tuple(x.shape)}")
+    return x
+
+
 def _flow_args(args: argparse.Namespace) -> dict[str, Any]:
     return dict(eps=args.eps, rtol=args.rtol, atol=args.atol, method=args.method)
 
@@ -285,8 +296,9 @@ def _flow_args(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_encode(args: argparse.Namespace) -> int:
     from .likelihood import encode
 
-    model, _ = _load_model(args)
-    x = _read_tensor(args.input, ("x", "samples", "data")).to(args.device or "cpu", _DTYPES[args.dtype])
+    model, metadata = _load_model(args)
+    x = _read_tensor(args.input, ("x", "samples", "data"))
+    x = _check_images(x, metadata).to(args.device or "cpu", _DTYPES[args.dtype])
     stats: dict[str, Any] = {}
     with torch.no_grad():
         z = encode(model.sde, model, x, stats=stats, **_flow_args(args))
@@ -300,7 +312,8 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     from .likelihood import decode
 
     model, metadata = _load_model(args)
-    z = _read_tensor(args.input, ("z", "latents")).to(args.device or "cpu", _DTYPES[args.dtype])
+    z = _read_tensor(args.input, ("z", "latents"))
+    z = _check_images(z, metadata).to(args.device or "cpu", _DTYPES[args.dtype])
     stats: dict[str, Any] = {}
     with torch.no_grad():
         x = decode(model.sde, model, z, stats=stats, **_flow_args(args))
@@ -436,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _setup(args)
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+    except (ValueError, TypeError, ImportError, OSError) as err:
         print(f"diffscore {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -215,13 +215,21 @@ def save_classifier(classifier: TimeDependentClassifier, directory: str | Path, 
 def load_classifier(
     directory: str | Path, device: torch.device | str | None = None
 ) -> TimeDependentClassifier:
-    """Read a classifier written by :func:`save_classifier` (FileNotFoundError naming a missing file)."""
+    """Read a classifier written by :func:`save_classifier`.
+
+    Raises:
+        FileNotFoundError: a missing file (named).
+        ValueError: ``directory`` holds something else than a classifier (e.g. a score model).
+    """
     from .checkpoint import read_json, read_tensors
     from .sde import sde_from_config
 
     d = Path(directory)
     cfg = read_json(d / "config.json")
-    options = {k: cfg[k] for k in ("num_classes", "hidden", "depth", "embedding_size")}
+    keys = ("num_classes", "hidden", "depth", "embedding_size", "sde", "image_shape")
+    if any(k not in cfg for k in keys):
+        raise ValueError(f"{str(d)!r} is not a classifier directory (see `diffscore classifier train`)")
+    options = {k: cfg[k] for k in keys[:4]}
     clf = TimeDependentClassifier(sde_from_config(cfg["sde"]), cfg["image_shape"], **options)
     clf.load_state_dict(read_tensors(d / "classifier.safetensors"))
     return clf.to(device or "cpu").eval()
@@ -322,7 +330,7 @@ def _tensors_path(args: argparse.Namespace) -> Path:
 
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     from .checkpoint import write_tensors
-    from .cli import _data_info, _load_model, _read_tensor
+    from .cli import _check_images, _data_info, _load_model, _read_tensor
     from .controllable import inpaint
     from .data import bin_centers, quantize, save_image_grid
     from .train import load_splits
@@ -337,9 +345,7 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
         x = bin_centers(
             load_splits(_train_config(metadata))[args.split].images[: args.num], num_bins, data_range
         )
-    x = x.to(p.device, p.dtype)
-    if x.ndim != 4:
-        raise ValueError(f"--input must hold images shaped (B, C, H, W), got {tuple(x.shape)}")
+    x = _check_images(x, metadata).to(p.device, p.dtype)
     mask = make_mask(args.mask, x.shape[1:], args.seed).to(p.device, p.dtype)
     gen = torch.Generator(p.device).manual_seed(args.seed)
     stats: dict[str, Any] = {}

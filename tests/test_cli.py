@@ -144,3 +144,11 @@ def test_usage_errors_are_clear(run, tmp_path, capsys):
         main(["encode", "--model", str(run), "--input", str(tmp_path / "none.pt"), "--output", "z.pt"]) == 2
     )
     assert "none.pt" in capsys.readouterr().err
+    # images of another size, or raw integer bins, are named as the bad --input (no traceback)
+    torch.save(torch.zeros(2, 1, 4, 4), tmp_path / "small.pt")
+    torch.save(torch.zeros(2, 1, 8, 8, dtype=torch.long), tmp_path / "ints.pt")
+    out = str(tmp_path / "z.pt")
+    assert main(["encode", "--model", str(run), "--input", str(tmp_path / "small.pt"), "--output", out]) == 2
+    assert "--input must hold a batch shaped (B, 1, 8, 8)" in capsys.readouterr().err
+    assert main(["decode", "--model", str(run), "--input", str(tmp_path / "ints.pt"), "--output", out]) == 2
+    assert "--input must hold floating-point data" in capsys.readouterr().err
