@@ -30,17 +30,15 @@ Timings are wall-clock medians of a few repeats on a shared machine: treat them 
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from bench_samplers import gen, mixture, print_table, write_csv
+from bench_samplers import cli, gen, mixture, print_table, write_csv
 
 import diffscore as ds
 from diffscore import nets
@@ -377,13 +375,7 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, list[dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small batches and few repeats (a smoke run)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the CSV files")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 1)))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    run(args.quick, args.out)
+    cli(run, __doc__.split("\n\n")[0], "small batches and few repeats (a smoke run)")
 
 
 if __name__ == "__main__":

@@ -270,14 +270,19 @@ def run(quick: bool = False, out: Path | None = None) -> dict[str, list[dict[str
     return tables
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer settings and samples (a smoke run)")
+def cli(run_fn: Callable[[bool, Path | None], Any], description: str, quick_help: str) -> None:
+    """The command line every benchmark module shares: --quick, --out, --threads, then ``run_fn``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=None, help="folder for the CSV files")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 1)))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run(args.quick, args.out)
+    run_fn(args.quick, args.out)
+
+
+def main() -> None:
+    cli(run, __doc__.split("\n\n")[0], "fewer settings and samples (a smoke run)")
 
 
 if __name__ == "__main__":
