@@ -5,9 +5,10 @@ eqs. (9), (11), (30)-(33) and Appendix B. Every SDE here has a linear drift ``f(
 diffusion ``g(t)`` that depends on t alone, so the transition kernels are Gaussian:
 ``x_t | x_0 ~ N(alpha(t) x_0, std(t)^2 I)``.
 
-The VE variance is the exact one of the SDE started at t = 0,
-``sigma_min^2 ((sigma_max/sigma_min)^(2t) - 1)``, computed with ``expm1``; the reference
-implementation uses ``sigma(t)^2``, which differs by ``sigma_min^2`` (1e-4 at the defaults).
+The VE SDE has two perturbation kernels in use (``VESDE(kernel=...)``): ``"exact"``, the variance of the
+SDE started at t = 0, ``sigma_min^2 ((sigma_max/sigma_min)^(2t) - 1)`` (Song et al. 2021, eq. 29, computed
+with ``expm1``); and ``"sigma"``, ``sigma(t)^2``, the noise level of NCSN and of every released VE
+checkpoint (the data count as already smoothed by ``sigma_min``). They differ by ``sigma_min^2``.
 """
 
 from __future__ import annotations
@@ -167,12 +168,26 @@ class VESDE(SDE):
     """Variance-exploding SDE (SMLD / NCSN): ``dx = sqrt(d[sigma^2(t)]/dt) dw``,
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t`` (Song et al. 2021, eq. 30).
 
+    Args:
+        sigma_min, sigma_max: the noise levels at t = 0 and t = T.
+        T: the end time.
+        kernel: the perturbation kernel ``p_0t(x_t | x_0) = N(x_0, std(t)^2 I)``. ``"exact"``:
+            ``std(t)^2 = sigma(t)^2 - sigma_min^2``, the SDE started at t = 0 (eq. 29; std(0) = 0).
+            ``"sigma"``: ``std(t) = sigma(t)``, the convention of NCSN and of the released score_sde
+            checkpoints (the data at t = 0 count as smoothed by sigma_min; std(0) = sigma_min).
+
     Raises:
-        ValueError: unless ``0 < sigma_min < sigma_max`` and ``T > 0``.
+        ValueError: unless ``0 < sigma_min < sigma_max``, ``T > 0`` and ``kernel`` is one of
+            ``VE_KERNELS``.
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0) -> None:
+    def __init__(
+        self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, kernel: str = "exact"
+    ) -> None:
         super().__init__(T)
+        if kernel not in VE_KERNELS:
+            raise ValueError(f"kernel must be one of {VE_KERNELS}, got {kernel!r}")
+        self.kernel = kernel
         self.sigma_min = check_positive("sigma_min", sigma_min)
         self.sigma_max = check_positive("sigma_max", sigma_max)
         if not self.sigma_max > self.sigma_min:
@@ -195,10 +210,19 @@ class VESDE(SDE):
         return torch.zeros_like(t)
 
     def _var(self, t: Tensor) -> Tensor:
+        if self.kernel == "sigma":
+            return self.sigma_min**2 * torch.exp(2 * self._logr * t)
         return self.sigma_min**2 * torch.expm1(2 * self._logr * t)
 
     def _t_from_sigma(self, sigma: Tensor) -> Tensor:
+        if self.kernel == "sigma":
+            # noise levels below sigma_min are reached at no time >= 0: they map to t = 0
+            return torch.log(sigma / self.sigma_min).clamp_min(0) / self._logr
         return torch.log1p((sigma / self.sigma_min).square()) / (2 * self._logr)
+
+
+#: Perturbation kernels of :class:`VESDE`.
+VE_KERNELS = ("exact", "sigma")
 
 
 class VPSDE(SDE):

@@ -136,6 +136,26 @@ def test_ve_variance_is_exact_sde_variance():
     assert float(std[0]) == 0.0
 
 
+def test_ve_sigma_kernel_is_the_noise_level_of_released_models():
+    exact = VESDE(sigma_min=0.01, sigma_max=50.0)
+    sde = VESDE(sigma_min=0.01, sigma_max=50.0, kernel="sigma")
+    t = torch.tensor([0.0, 1e-3, 0.3, 1.0], dtype=F64)
+    paper_sigma = 0.01 * (50.0 / 0.01) ** t  # Song et al. 2021, eq. (30); score_sde's marginal_prob std
+    _, std = sde.marginal_coeffs(t)
+    torch.testing.assert_close(std, paper_sigma, rtol=1e-13, atol=0.0)
+    # same SDE (drift, diffusion, kernel between two times): only the noise already in the data differs
+    torch.testing.assert_close(sde.diffusion(t), exact.diffusion(t), rtol=0.0, atol=0.0)
+    t1 = torch.tensor([0.2, 0.5, 1.0, 1.0], dtype=F64)
+    for got, want in zip(sde.transition(t, t1), exact.transition(t, t1), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0.0)
+    # sigma(t) <-> t is a log-linear map; levels below sigma_min are reached at t = 0
+    torch.testing.assert_close(sde.t_from_sigma(paper_sigma), t, rtol=1e-12, atol=1e-15)
+    assert float(sde.t_from_sigma(torch.tensor(1e-3, dtype=F64))) == 0.0
+    assert ds.sde.sde_from_config(ds.sde.sde_to_config(sde)).kernel == "sigma"
+    with pytest.raises(ValueError, match="kernel"):
+        VESDE(kernel="paper")
+
+
 def test_drift_and_diffusion_match_paper(sde):
     x = torch.randn(4, 3, 2, 2, generator=gen(1), dtype=F64)
     t = torch.tensor([0.0, 0.2, 0.6, 1.0], dtype=F64)
