@@ -21,9 +21,9 @@ Tables (printed, and written as CSV to ``--out``):
   bits/dim (mean and max of |error|).
 * ``batch_scaling``: time per NFE (and per sample) against batch size: heun on the mixture in D = 64
   and 3072, the bare NCSN++.
-* ``training``: optimizer steps per second of ``diffscore.train.Trainer`` against a bare PyTorch loop
+* ``training``: optimizer steps per second of ``diffscore.training.Trainer`` against a bare PyTorch loop
   (same network, loss, AdamW, clipping and EMA), on the 8 x 8 digits U-Net preset; skipped with a note
-  if ``diffscore.train`` is not importable.
+  if ``diffscore.training`` is not importable.
 
 Timings are wall-clock medians of a few repeats on a shared machine: treat them as rough.
 """
@@ -303,10 +303,9 @@ def batch_scaling(quick: bool) -> list[dict[str, Any]]:
 
 def training(quick: bool) -> list[dict[str, Any]]:
     try:
-        from diffscore.config import get_preset
-        from diffscore.train import Trainer
+        from diffscore.training import Trainer, get_preset
     except ImportError as err:
-        return [dict(loop="diffscore.train", note=f"skipped: {err}")]
+        return [dict(loop="diffscore.training", note=f"skipped: {err}")]
     steps = 3 if quick else 10
     config = get_preset("digits_unet")
     trainer = Trainer(config, None, progress=False)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import as_time, bcast
+from .io import atomic_directory, read_json, read_tensors, write_json, write_tensors
 from .sde import SDE, sde_from_config, sde_to_config
 
 __all__ = ["ScoreModel", "ScoreFn", "PARAMETERIZATIONS"]
@@ -87,8 +88,6 @@ class ScoreModel(nn.Module):
         Raises:
             TypeError: the network has no ``config`` dict, or the SDE is not a diffscore VP/sub-VP/VE SDE.
         """
-        from .checkpoint import atomic_directory, write_json, write_tensors
-
         net_config = getattr(self.net, "config", None)
         if not isinstance(net_config, Mapping):
             raise TypeError(
@@ -122,7 +121,6 @@ class ScoreModel(nn.Module):
                 every message names the path.
         """
         from . import nets
-        from .checkpoint import read_json, read_tensors
 
         directory = Path(directory)
         if not directory.is_dir():

@@ -25,9 +25,9 @@ from sklearn.linear_model import LogisticRegression
 
 import diffscore as ds
 from diffscore.cli import main as cli_main
-from diffscore.cli_controllable import load_classifier, make_mask
 from diffscore.controllable import classifier_log_prob, conditional_score, inpaint
-from diffscore.data import bin_centers, load_digits, quantize, save_image_grid
+from diffscore.data import bin_centers, load_digits, make_mask, quantize, save_image_grid
+from diffscore.nets import load_classifier
 
 NUM_BINS, DATA_RANGE = 17, (-1.0, 1.0)
 

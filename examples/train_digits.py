@@ -3,16 +3,16 @@
     python examples/train_digits.py                 # the "digits" preset
     python examples/train_digits.py steps=2000 lr=5e-4
 
-Arguments are config overrides (``key=value``, see ``diffscore.config.TrainConfig``).
+Arguments are config overrides (``key=value``, see ``diffscore.training.TrainConfig``).
 """
 
 import sys
 
 import torch
 
-from diffscore.config import apply_overrides, get_preset
 from diffscore.data import save_image_grid
-from diffscore.train import Trainer, evaluate_bpd, gaussian_baseline_bpd, generate_samples, summarize
+from diffscore.evaluation import evaluate_bpd, gaussian_baseline_bpd, generate_samples, summarize
+from diffscore.training import Trainer, apply_overrides, get_preset
 
 torch.set_num_threads(1)
 config = apply_overrides(get_preset("digits"), sys.argv[1:])

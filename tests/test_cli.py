@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from diffscore.checkpoint import latest_checkpoint
 from diffscore.cli import main
 from diffscore.data import load_digits, uniform_dequantize
-from diffscore.train import gaussian_baseline_bpd
+from diffscore.evaluation import gaussian_baseline_bpd
+from diffscore.training import latest_checkpoint
 
 SMOKE = [
     "steps=300",

@@ -10,8 +10,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from diffscore.cli import main
-from diffscore.cli_controllable import load_classifier, make_mask
-from diffscore.data import bin_centers, load_digits, quantize
+from diffscore.data import bin_centers, load_digits, make_mask, quantize
+from diffscore.nets import load_classifier
 
 TINY = [
     "steps=60",

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from diffscore import data as D
+from diffscore.data import datasets, quantization
 
 # ----------------------------------------------------------------------------------------------------
 # 8x8 digits
@@ -53,8 +54,8 @@ def _assert_largest_remainder(quota, counts, total):
 
 def test_largest_remainder_on_unbalanced_counts():
     # shares 0.5, 1, 3.5 of 5: floors 0, 1, 3 and one unit left, tied between classes 0 and 2 -> class 0.
-    assert D._largest_remainder(torch.tensor([1, 2, 7]), 5).tolist() == [1, 1, 3]
-    assert D._largest_remainder(torch.tensor([10, 30, 60]), 7).tolist() == [1, 2, 4]  # 0.7, 2.1, 4.2
+    assert datasets._largest_remainder(torch.tensor([1, 2, 7]), 5).tolist() == [1, 1, 3]
+    assert datasets._largest_remainder(torch.tensor([10, 30, 60]), 7).tolist() == [1, 2, 4]  # 0.7, 2.1, 4.2
 
 
 def test_digits_split_sizes_partition_and_stratification():
@@ -429,7 +430,7 @@ def test_dequantized_values_lie_in_their_cells(num_bins, data_range, dtype):
 def test_dequantize_extreme_draws_stay_in_cell(monkeypatch, u_value):
     # u at the ends of [0, 1): rounding must not push y into a neighbouring cell (float32, all bins).
     monkeypatch.setattr(
-        D, "rand", lambda shape, generator, device, dtype: torch.full(shape, u_value, dtype=dtype)
+        quantization, "rand", lambda shape, generator, device, dtype: torch.full(shape, u_value, dtype=dtype)
     )
     for num_bins, (lo, hi) in [(17, (-1.0, 1.0)), (256, (-1.0, 1.0)), (255, (-0.7, 0.9))]:
         x = torch.arange(num_bins)

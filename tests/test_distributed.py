@@ -16,10 +16,19 @@ import torch
 import torch.multiprocessing as mp
 
 from diffscore import distributed as dd
-from diffscore.checkpoint import list_checkpoints, load_checkpoint, read_tensors, remove_temporaries
-from diffscore.config import TrainConfig, apply_overrides, get_preset
+from diffscore.evaluation import evaluate_bpd, generate_samples
+from diffscore.io import read_tensors, remove_temporaries
 from diffscore.score import ScoreModel
-from diffscore.train import Trainer, check_bf16, evaluate_bpd, generate_samples, load_splits
+from diffscore.training import (
+    TrainConfig,
+    Trainer,
+    apply_overrides,
+    check_bf16,
+    get_preset,
+    list_checkpoints,
+    load_checkpoint,
+    load_splits,
+)
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

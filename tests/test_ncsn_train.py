@@ -10,14 +10,14 @@ from safetensors.torch import load_file
 
 from diffscore import distributed as dd
 from diffscore.cli import main
-from diffscore.config import TrainConfig, build_net, get_preset
 from diffscore.data import load_digits, uniform_dequantize
+from diffscore.evaluation import generate_samples
 from diffscore.losses import dsm_loss
-from diffscore.ncsn_train import load_ncsn, ncsn_batch_loss
 from diffscore.nets import from_config
 from diffscore.score import ScoreModel
 from diffscore.sde import VPSDE
-from diffscore.train import generate_samples
+from diffscore.training import TrainConfig, build_net, get_preset
+from diffscore.training.ncsn import load_ncsn, ncsn_batch_loss
 
 # a narrow RefineNet and few Langevin steps keep the run near 10 s on one core
 SMOKE = [

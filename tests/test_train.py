@@ -11,16 +11,12 @@ import pytest
 import torch
 
 import diffscore as ds
-from diffscore import checkpoint as ckpt
-from diffscore.config import (
-    TrainConfig,
-    apply_overrides,
-    gaussian_moments,
-    get_preset,
-)
-from diffscore.data import load_digits, uniform_dequantize
+from diffscore import io
+from diffscore.data import gaussian_moments, load_digits, uniform_dequantize
+from diffscore.evaluation import gaussian_baseline_bpd
 from diffscore.nets import GaussianResidualNet
-from diffscore.train import Trainer, gaussian_baseline_bpd
+from diffscore.training import TrainConfig, Trainer, apply_overrides, get_preset
+from diffscore.training import checkpoints as ckpt
 
 # A tiny configuration: a 2-block MLP of width 32, batches of 16, validation on 4 images.
 TINY = [
@@ -140,14 +136,14 @@ def test_ema_follows_its_recursion_and_is_what_is_exported(tmp_path, digits):
 # ---- checkpoints and atomic writes ----------------------------------------------------------------------
 def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path):
     path = tmp_path / "f.bin"
-    ckpt.atomic_write(path, lambda f: f.write(b"old"))
+    io.atomic_write(path, lambda f: f.write(b"old"))
 
     def crash(f):
         f.write(b"new-and-partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        ckpt.atomic_write(path, crash)
+        io.atomic_write(path, crash)
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["f.bin"]
 
@@ -250,7 +246,7 @@ def test_save_pretrained_crash_keeps_previous(saved_model, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError("simulated crash")
 
-    monkeypatch.setattr(ckpt, "write_json", crash)
+    monkeypatch.setattr(ds.score, "write_json", crash)
     with pytest.raises(OSError, match="simulated crash"):
         model.save_pretrained(path)
     assert (path / "model.safetensors").read_bytes() == before

@@ -1,4 +1,5 @@
-"""Score networks: a small MLP, NCSN's RefineNet and the NCSN++ / DDPM++ U-Nets.
+"""Score networks (a small MLP, NCSN's RefineNet, the NCSN++ / DDPM++ U-Nets) and time-dependent
+classifiers for conditional sampling.
 
 Every network is an ``nn.Module`` mapping ``(x, t) -> like x`` (the RefineNet takes a noise level
 ``sigma`` instead of ``t``) and carries ``net.config``, a JSON-serialisable dict of its constructor
@@ -14,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from .classifier import TimeDependentClassifier, load_classifier, save_classifier
 from .gaussian import GaussianResidualNet
 from .mlp import MLPScoreNet
 from .ncsnpp import NCSNpp
@@ -24,6 +26,9 @@ __all__ = [
     "MLPScoreNet",
     "NCSNpp",
     "NCSNRefineNet",
+    "TimeDependentClassifier",
+    "load_classifier",
+    "save_classifier",
     "NETS",
     "PRESETS",
     "from_config",
@@ -87,7 +92,11 @@ def from_config(config: Mapping[str, Any]) -> nn.Module:
     name = kwargs.pop("name", None)
     if name not in NETS:
         raise ValueError(f"config['name'] must be one of {sorted(NETS)}, got {name!r}")
-    return NETS[name](**kwargs)
+    cls = NETS[name]
+    for key in getattr(cls, "nested_nets", ()):  # arguments that are networks come as their configs
+        if key in kwargs:
+            kwargs[key] = from_config(kwargs[key])
+    return cls(**kwargs)
 
 
 def build(preset: str, **overrides: Any) -> nn.Module:

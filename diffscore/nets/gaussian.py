@@ -28,7 +28,8 @@ class GaussianResidualNet(nn.Module):
     with the weights.
 
     Args:
-        inner: config of the inner network (``net.config``; built with :func:`diffscore.nets.from_config`).
+        inner: the inner network, carrying its ``config`` (:func:`diffscore.nets.from_config` builds it
+            from ``config["inner"]`` when it rebuilds this network).
         sde: SDE config (:func:`diffscore.sde.sde_to_config`); its ``alpha(t)``, ``std(t)`` give ``Sigma_t``.
         parameterization: "noise", "score" or "scaled" (that of the ScoreModel that wraps this net).
         dim: number of features per sample (D).
@@ -37,9 +38,12 @@ class GaussianResidualNet(nn.Module):
     ``forward(x, t)``: x (B, *shape) with prod(shape) = D, t (B,) -> (B, *shape).
     """
 
+    #: Constructor arguments that are networks, given in ``config`` as their own configs.
+    nested_nets = ("inner",)
+
     def __init__(
         self,
-        inner: Mapping[str, Any],
+        inner: nn.Module,
         sde: Mapping[str, Any],
         parameterization: str,
         dim: int,
@@ -52,9 +56,9 @@ class GaussianResidualNet(nn.Module):
             )
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
-        from . import from_config  # the package's table of networks (imported here: it imports us)
-
-        self.inner = from_config(inner)
+        if not isinstance(getattr(inner, "config", None), Mapping):
+            raise TypeError("inner must be a network with a `config` dict (every diffscore.nets network)")
+        self.inner = inner
         self.sde = sde_from_config(sde)
         self.parameterization = parameterization
         self.dim = dim

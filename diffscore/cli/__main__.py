@@ -1,0 +1,7 @@
+"""``python -m diffscore.cli``: the ``diffscore`` command (the entry point torchrun launches)."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())

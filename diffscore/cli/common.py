@@ -1,0 +1,96 @@
+"""What the ``diffscore`` commands share: common flags, the model they load, tensor files, torchrun."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import distributed as dd
+from ..io import read_json
+from ..score import ScoreModel
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--threads``: where and how a command computes."""
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch (default 1, see docs/cli.md)"
+    )
+
+
+def add_model_arg(p: argparse.ArgumentParser) -> None:
+    """``--model``: a model directory or a training run's directory."""
+    p.add_argument("--model", default="runs/digits", help="model directory, or a training run's directory")
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Set torch's CPU thread count (``--threads``; default 1)."""
+    threads = 1 if args.threads is None else args.threads
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def model_dir(path: str) -> Path:
+    """A model directory: ``path`` itself, or ``path/model`` for a training run's output directory."""
+    p = Path(path)
+    if not (p / "model.safetensors").is_file() and (p / "model" / "model.safetensors").is_file():
+        return p / "model"
+    return p
+
+
+@contextmanager
+def distributed(args: argparse.Namespace) -> Iterator[bool]:
+    """Join the torchrun job, if any (:func:`diffscore.distributed.init_distributed`): ``args.device``
+    becomes this process's device (``cuda`` -> ``cuda:<LOCAL_RANK>``). Yields whether this is the main
+    process; leaves the process group on exit."""
+    info, device = dd.init_distributed(args.device)
+    args.device = str(device)
+    try:
+        yield info.is_main
+    finally:
+        dd.shutdown()
+
+
+def load_model(args: argparse.Namespace) -> tuple[ScoreModel, dict[str, Any]]:
+    """The ``--model`` on ``--device`` in ``--dtype``, and the metadata of its config.json."""
+    directory = model_dir(args.model)
+    model = ScoreModel.from_pretrained(directory, map_location=args.device)
+    model = model.to(DTYPES[args.dtype])
+    metadata = read_json(directory / "config.json").get("metadata", {})
+    return model, metadata
+
+
+def data_info(metadata: dict[str, Any]) -> tuple[int, tuple[float, float]]:
+    """``(num_bins, data_range)`` of a model's data (default: 8-bit images on [-1, 1])."""
+    num_bins = int(metadata.get("num_bins", 256))
+    lo, hi = metadata.get("data_range", (-1.0, 1.0))
+    return num_bins, (float(lo), float(hi))
+
+
+def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input") -> Tensor:
+    """Raise ValueError naming ``flag`` unless ``x`` is a float (B, *image_shape) batch for this model."""
+    shape = tuple(metadata.get("image_shape") or ())
+    if not x.is_floating_point():
+        raise ValueError(f"{flag} must hold floating-point data in the model's range, got {x.dtype}")
+    if shape and tuple(x.shape[1:]) != shape:
+        want = ", ".join(map(str, shape))
+        raise ValueError(f"{flag} must hold a batch shaped (B, {want}), got {tuple(x.shape)}")
+    return x
+
+
+def print_stats(label: str, stats: dict[str, Any]) -> None:
+    """One line: mean, median and worst of a :func:`diffscore.evaluation.summarize` dict."""
+    print(
+        f"{label}: mean {stats['mean']:.4f}  median {stats['median']:.4f}  "
+        f"worst {stats['worst']:.4f} (image {stats['worst_index']})  [{stats['n']} images]"
+    )

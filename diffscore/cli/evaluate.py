@@ -1,0 +1,90 @@
+"""``diffscore bpd``: exact-likelihood bits/dim of a data split (mean, median, worst)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ..evaluation import evaluate_bpd, summarize
+from ..io import write_tensor
+from ..training import TrainConfig, load_splits
+from .common import add_model_arg, add_runtime_args, data_info, distributed, load_model, print_stats
+
+
+def run_bpd(args: argparse.Namespace) -> int:
+    with distributed(args) as main:
+        return _bpd(args, main)
+
+
+def _data_config(args: argparse.Namespace, metadata: dict[str, Any]) -> TrainConfig:
+    """The model's training config (its data), with ``--dataset`` / ``--data-root`` applied."""
+    config = TrainConfig.from_dict(metadata["train_config"]) if "train_config" in metadata else TrainConfig()
+    if args.dataset is not None or args.data_root is not None:
+        config = TrainConfig.from_dict(
+            {
+                **config.to_dict(),
+                "dataset": args.dataset or config.dataset,
+                "data_root": args.data_root or config.data_root,
+            }
+        )
+    return config
+
+
+def _bpd(args: argparse.Namespace, main: bool) -> int:
+    model, metadata = load_model(args)
+    num_bins, data_range = data_info(metadata)
+    config = _data_config(args, metadata)
+    data = load_splits(config)[args.split]
+    if data.num_bins != num_bins:
+        raise ValueError(
+            f"the {args.split} split has {data.num_bins} bins but the model was trained on {num_bins}"
+        )
+    images = data.images[: args.limit]
+    eps = args.eps if args.eps is not None else float(metadata.get("likelihood_eps", 1e-5))
+    start = time.perf_counter()
+    bpd, nfe = evaluate_bpd(
+        model,
+        images,
+        num_bins,
+        data_range,
+        divergence=args.divergence,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        eps=eps,
+        rtol=args.rtol,
+        atol=args.atol,
+        progress=main and not args.no_progress,
+    )
+    if not main:
+        return 0
+    stats = summarize(bpd)
+    label = (
+        f"{config.dataset} {args.split} bits/dim ({args.divergence} divergence, uniform dequantization, "
+        f"{num_bins} bins on [{data_range[0]:g}, {data_range[1]:g}], {nfe} NFE, "
+        f"{time.perf_counter() - start:.0f} s)"
+    )
+    print_stats(label, stats)
+    if args.output:
+        write_tensor(args.output, bpd, "bpd")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``bpd`` on the subparsers of the ``diffscore`` parser."""
+    p = sub.add_parser("bpd", help="bits/dim of a data split (mean, median, worst)")
+    add_model_arg(p)
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--divergence", default="exact", choices=("exact", "hutchinson"))
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-5)
+    p.add_argument("--eps", type=float, default=None, help="likelihood eps (default: the model's)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise and probes")
+    p.add_argument("--dataset", default=None, help="override the model's dataset")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--output", default=None, help="write the per-image bits/dim (.safetensors or .pt)")
+    p.add_argument("--no-progress", action="store_true")
+    add_runtime_args(p)
+    p.set_defaults(func=run_bpd)

@@ -1,0 +1,156 @@
+"""``diffscore sample``, ``encode`` and ``decode``: samples as PNG grids and tensors; data <-> latents."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import quantize, save_image_grid
+from ..evaluation import generate_samples
+from ..io import read_tensor, write_tensor
+from ..likelihood import decode, encode
+from ..training import parse_value
+from .common import DTYPES, add_model_arg, add_runtime_args, check_images, data_info, distributed, load_model
+
+
+def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampler options given on the command line (only those given: the sampler keeps its defaults)."""
+    options: dict[str, Any] = {}
+    for flag, key in (("steps", "num_steps"), ("rtol", "rtol"), ("atol", "atol"), ("eps", "eps")):
+        if getattr(args, flag) is not None:
+            options[key] = getattr(args, flag)
+    for key in ("predictor", "corrector", "snr"):  # predictor-corrector options (method pc)
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if args.corrector_steps is not None:
+        options["n_steps"] = args.corrector_steps
+    for item in args.option or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option must look like key=value, got {item!r}")
+        options[key] = parse_value(text)
+    return options
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    with distributed(args) as main:
+        return _sample(args, main)
+
+
+def _sample(args: argparse.Namespace, main: bool) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    model, metadata = load_model(args)
+    num_bins, data_range = data_info(metadata)
+    shape = tuple(metadata.get("image_shape") or ())
+    if not shape:
+        raise ValueError("the model's config.json has no metadata.image_shape; cannot choose a sample shape")
+    options = _sample_options(args)
+    start = time.perf_counter()
+    x, x_int = generate_samples(
+        model,
+        args.num,
+        shape,
+        num_bins,
+        data_range,
+        args.method,
+        args.seed,
+        batch_size=args.batch_size,
+        **options,
+    )
+    if not main:
+        return 0
+    out = Path(args.out)
+    grid = save_image_grid(x_int, out, nrow=args.nrow or math.ceil(math.sqrt(args.num)), num_bins=num_bins)
+    tensors = Path(args.tensors) if args.tensors else out.with_suffix(".safetensors")
+    write_tensor(tensors, x, "samples")
+    print(
+        f"{args.num} samples ({args.method}) in {time.perf_counter() - start:.1f} s: "
+        f"wrote {grid} and {tensors}"
+    )
+    return 0
+
+
+def _flow_args(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(eps=args.eps, rtol=args.rtol, atol=args.atol, method=args.method)
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    model, metadata = load_model(args)
+    x = read_tensor(args.input, ("x", "samples", "data"))
+    x = check_images(x, metadata).to(args.device or "cpu", DTYPES[args.dtype])
+    stats: dict[str, Any] = {}
+    with torch.no_grad():
+        z = encode(model.sde, model, x, stats=stats, **_flow_args(args))
+    path = write_tensor(args.output, z, "z")
+    print(f"encoded {x.shape[0]} inputs ({stats['nfe']} NFE): wrote {path}")
+    return 0
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    model, metadata = load_model(args)
+    z = read_tensor(args.input, ("z", "latents"))
+    z = check_images(z, metadata).to(args.device or "cpu", DTYPES[args.dtype])
+    stats: dict[str, Any] = {}
+    with torch.no_grad():
+        x = decode(model.sde, model, z, stats=stats, **_flow_args(args))
+    path = write_tensor(args.output, x, "x")
+    print(f"decoded {z.shape[0]} latents ({stats['nfe']} NFE): wrote {path}")
+    if args.png:
+        num_bins, data_range = data_info(metadata)
+        grid = save_image_grid(quantize(x.cpu(), num_bins, data_range), args.png, num_bins=num_bins)
+        print(f"wrote {grid}")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``sample``, ``encode`` and ``decode`` on the subparsers of the ``diffscore`` parser."""
+    p = sub.add_parser("sample", help="draw samples: a PNG grid and the raw tensors")
+    add_model_arg(p)
+    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--method", default="ode", help="ode, sde, pc, heun, dpm_solver, sde_adaptive")
+    p.add_argument("--steps", type=int, default=None, help="num_steps of fixed-step methods")
+    p.add_argument("--rtol", type=float, default=None, help="ode / adaptive tolerance")
+    p.add_argument("--atol", type=float, default=None)
+    p.add_argument("--eps", type=float, default=None, help="end time (default 1e-3 VP, 1e-5 VE)")
+    p.add_argument("--predictor", default=None, help="pc: euler_maruyama, reverse_diffusion, ancestral, none")
+    p.add_argument("--corrector", default=None, help="pc: langevin, annealed_langevin, none")
+    p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
+    p.add_argument("--corrector-steps", type=int, default=None, help="pc: corrector steps per noise level")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other sampler options")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="samples per solve (default: all at once)")
+    p.add_argument("--nrow", type=int, default=None)
+    p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
+    p.add_argument(
+        "--tensors", default=None, help=".safetensors or .pt for the raw samples (default: next to --out)"
+    )
+    add_runtime_args(p)
+    p.set_defaults(func=run_sample)
+
+    for name, doc, func in (
+        ("encode", "data file -> latent file (probability-flow ODE from eps to T)", run_encode),
+        ("decode", "latent file -> data file (probability-flow ODE from T to eps)", run_decode),
+    ):
+        p = sub.add_parser(name, help=doc)
+        add_model_arg(p)
+        p.add_argument("--input", required=True, help=".safetensors or .pt tensor file (B, *shape)")
+        p.add_argument("--output", required=True, help=".safetensors or .pt tensor file")
+        p.add_argument("--eps", type=float, default=1e-5)
+        p.add_argument("--rtol", type=float, default=1e-5)
+        p.add_argument("--atol", type=float, default=1e-5)
+        p.add_argument(
+            "--method",
+            default="dopri8",
+            help="torchdiffeq method (default dopri8: on the trained digits model dopri5 at 1e-5 round-trips "
+            "to ~6e-3 max abs, dopri8 to 2e-4, at about 4x the NFE; see docs/encoding.md)",
+        )
+        if name == "decode":
+            p.add_argument("--png", default=None, help="also write the decoded images as a PNG grid")
+        add_runtime_args(p)
+        p.set_defaults(func=func)

@@ -1,0 +1,67 @@
+"""Argument checks shared by the data modules (each raises TypeError / ValueError naming the argument)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+DataRange = tuple[float, float]
+
+
+def check_count(name: str, value: int, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
+def float_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    dtype = dtype or torch.get_default_dtype()
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+    return dtype
+
+
+def check_num_bins(num_bins: int) -> int:
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int):
+        raise TypeError(f"num_bins must be an int, got {type(num_bins).__name__}")
+    if num_bins < 2:
+        raise ValueError(f"num_bins must be >= 2, got {num_bins}")
+    return num_bins
+
+
+def check_range(data_range: DataRange) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in data_range)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"data_range must be a pair of numbers (lo, hi), got {data_range!r}") from err
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"data_range must be finite with lo < hi, got {data_range!r}")
+    return lo, hi
+
+
+def check_bins(name: str, x: Tensor, num_bins: int) -> None:
+    """Raise unless ``x`` holds integers in [0, num_bins) (integer dtype or integer-valued floats)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    if x.is_floating_point() and not bool((x == torch.round(x)).all()):
+        raise ValueError(f"{name} must hold integer values (bin indices), found non-integers or NaN")
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high >= num_bins:
+        raise ValueError(f"{name} must lie in [0, num_bins) = [0, {num_bins}), found [{low}, {high}]")
+
+
+def check_float(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf")

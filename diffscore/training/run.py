@@ -1,0 +1,256 @@
+"""The ``diffscore train`` pipeline: train, export the selected EMA model, evaluate it, draw samples.
+
+:func:`train` is a short script of named steps: open the output folder (fresh, resumed or
+overwritten), train, export the model, score the test split in bits/dim beside the closed-form Gaussian
+baseline, draw samples, and write ``results.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed as dd
+from ..data import save_image_grid
+from ..evaluation import evaluate_bpd, gaussian_baseline_bpd, generate_samples, summarize
+from ..io import remove_temporaries, write_json, write_tensors
+from .checkpoints import latest_checkpoint
+from .config import TrainConfig, load_splits
+from .trainer import Trainer
+
+__all__ = ["train"]
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    bf16: bool = False,
+) -> dict[str, Any]:
+    """Train, export the selected EMA model, evaluate it on the test split and draw samples.
+
+    Writes under ``out_dir``: ``train_config.json``, ``checkpoints/step_*``, ``metrics.jsonl``, ``model/``
+    (:meth:`~diffscore.ScoreModel.save_pretrained`), ``samples.png`` (a grid of ``num_samples``),
+    ``samples.safetensors`` (``samples`` float, ``samples_int`` bins) and ``results.json``.
+
+    The test evaluation reports bits/dim (``test_divergence``, uniform dequantization, ``num_bins`` and
+    ``data_range`` of the data, every test image unless ``test_limit``) as mean, median and worst,
+    beside the closed-form bits/dim of a full-covariance Gaussian fit
+    (:func:`diffscore.evaluation.gaussian_baseline_bpd`).
+
+    Under torch.distributed (a process group started by the caller, e.g. with
+    :func:`diffscore.distributed.init_distributed`) every process calls this with the same arguments
+    and an ``out_dir`` they share: training is data-parallel on the global batch ``config.batch_size``,
+    the evaluations and sampling are split over the processes, and only the main process writes files
+    and calls ``echo``. A run resumes on any number of processes (docs/distributed.md). On start, the
+    hidden leftovers of writes that a killed run never finished are deleted
+    (:func:`diffscore.io.remove_temporaries`).
+
+    ``config.objective == "ncsn"`` runs :func:`diffscore.training.ncsn.train_ncsn` instead (one process,
+    no resume).
+
+    Args:
+        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (its config is used).
+        overwrite: start afresh even though ``out_dir`` holds checkpoints (they are deleted).
+        bf16: train under bf16 autocast (:func:`diffscore.training.check_bf16`).
+
+    Raises:
+        FileExistsError: ``out_dir`` holds checkpoints and neither ``resume`` nor ``overwrite`` is set.
+
+    Returns:
+        The results dict (also written to ``results.json``).
+    """
+    if config.objective == "ncsn":  # NCSN RefineNet: own loop, no exact likelihood
+        from .ncsn import train_ncsn
+
+        if resume or dd.current().world_size > 1:
+            raise ValueError("objective='ncsn' runs in one process and does not resume")
+        return train_ncsn(config, out_dir, device=device, dtype=dtype, progress=progress, echo=echo)
+    start = time.perf_counter()
+    out = Path(out_dir)
+    if not dd.current().is_main:
+        progress, echo = False, _silent
+    kwargs = dict(device=device, dtype=dtype, progress=progress, bf16=bf16)
+    trainer = _open_run(config, out, resume, overwrite, echo, **kwargs)
+    _announce(trainer, echo)
+    trainer.fit()
+    train_seconds = time.perf_counter() - start
+    model_dir = trainer.export()
+    model = trainer.best_model()
+    evaluation = _evaluate_test(trainer, model, progress)
+    grid = _draw_samples(trainer, model, out)
+    results = _results(trainer, evaluation, grid, train_seconds, time.perf_counter() - start)
+    if trainer.is_main:
+        write_json(out / "results.json", results)
+    _report(trainer, results, model_dir, echo)
+    dd.barrier()  # no process returns while the main one still writes
+    return results
+
+
+def _open_run(
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    echo: Callable[[str], None],
+    **kwargs: Any,
+) -> Trainer:
+    """A trainer for ``out``: resumed from its newest checkpoint, or fresh (after deleting the old
+    checkpoints with ``overwrite``); clears the leftovers of killed writes and writes train_config.json."""
+    main = dd.current().is_main
+    ckpt = latest_checkpoint(out / "checkpoints")
+    dd.barrier()  # every process has found the checkpoint before the main one changes the folder
+    if main:
+        remove_temporaries(out)
+        remove_temporaries(out / "checkpoints")
+    if resume and ckpt is not None:
+        trainer = Trainer.from_checkpoint(ckpt, out, **kwargs)
+        echo(f"resuming from {ckpt} (step {trainer.step})")
+    else:
+        if ckpt is not None and not overwrite:
+            raise FileExistsError(
+                f"{str(out)!r} already holds checkpoints; pass --resume to continue "
+                "or --overwrite to start over"
+            )
+        if ckpt is not None and main:
+            shutil.rmtree(out / "checkpoints")
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        trainer = Trainer(config, out, **kwargs)
+    if main:
+        write_json(out / "train_config.json", trainer.config.to_dict())
+    return trainer
+
+
+def _announce(trainer: Trainer, echo: Callable[[str], None]) -> None:
+    cfg = trainer.config
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    split = (
+        f" ({trainer.world_size} processes of {trainer.local_batch_size})" if trainer.world_size > 1 else ""
+    )
+    echo(
+        f"training {cfg.net}{' + Gaussian residual' if cfg.gaussian_residual else ''} "
+        f"({n_params} parameters) "
+        f"on {cfg.dataset} ({len(trainer.train_data)} train / {len(trainer.val_data)} validation images), "
+        f"{cfg.sde} SDE, {cfg.steps} steps of {cfg.batch_size}"
+        f"{split}{', bf16 autocast' if trainer.bf16 else ''}"
+    )
+
+
+def _evaluate_test(trainer: Trainer, model: torch.nn.Module, progress: bool) -> dict[str, Any]:
+    """Test bits/dim of ``model`` (logged to metrics.jsonl) beside the closed-form Gaussian baseline."""
+    cfg = trainer.config
+    test = trainer.test_data if trainer.test_data is not None else load_splits(cfg)["test"]
+    test_images = test.images[: cfg.test_limit]
+    start = time.perf_counter()
+    bpd, nfe = evaluate_bpd(
+        model,
+        test_images,
+        trainer.num_bins,
+        trainer.data_range,
+        divergence=cfg.test_divergence,
+        seed=cfg.seed + 12345,
+        batch_size=cfg.eval_batch_size,
+        eps=cfg.likelihood_eps,
+        rtol=cfg.rtol,
+        atol=cfg.atol,
+        progress=progress,
+        desc="test bits/dim",
+    )
+    seconds = time.perf_counter() - start
+    baseline = gaussian_baseline_bpd(
+        trainer.train_data.images, test_images, trainer.num_bins, trainer.data_range
+    )
+    test_stats, base_stats = summarize(bpd), summarize(baseline)
+    trainer.log(
+        {"event": "test", "step": trainer.step, "divergence": cfg.test_divergence, **test_stats, "nfe": nfe}
+    )
+    trainer.log({"event": "gaussian_baseline", "step": trainer.step, **base_stats})
+    return {"test": test_stats, "baseline": base_stats, "nfe": nfe, "seconds": seconds}
+
+
+def _draw_samples(trainer: Trainer, model: torch.nn.Module, out: Path) -> Path:
+    """``num_samples`` samples of ``model``: ``samples.png`` (a grid) and ``samples.safetensors``."""
+    cfg = trainer.config
+    samples, samples_int = generate_samples(
+        model,
+        cfg.num_samples,
+        trainer.image_shape,
+        trainer.num_bins,
+        trainer.data_range,
+        cfg.sample_method,
+        seed=cfg.seed,
+        **cfg.sample_options,
+    )
+    grid = out / "samples.png"
+    if trainer.is_main:
+        nrow = math.ceil(math.sqrt(cfg.num_samples))
+        save_image_grid(samples_int, grid, nrow=nrow, num_bins=trainer.num_bins)
+        write_tensors(out / "samples.safetensors", {"samples": samples, "samples_int": samples_int})
+    return grid
+
+
+def _results(
+    trainer: Trainer, evaluation: dict[str, Any], grid: Path, train_seconds: float, total: float
+) -> dict[str, Any]:
+    cfg = trainer.config
+    return {
+        "dataset": cfg.dataset,
+        "steps": trainer.step,
+        "selected_step": trainer.best_step,
+        "val_bpd": trainer.best_val,
+        "test_bpd": evaluation["test"],
+        "test_divergence": cfg.test_divergence,
+        "test_nfe": evaluation["nfe"],
+        "gaussian_baseline_bpd": evaluation["baseline"],
+        "num_bins": trainer.num_bins,
+        "data_range": list(trainer.data_range),
+        "world_size": trainer.world_size,
+        "bf16": trainer.bf16,
+        "seconds": {"train": train_seconds, "test_eval": evaluation["seconds"], "total": total},
+        "model": str(trainer.out_dir / "model"),
+        "samples": str(grid),
+    }
+
+
+def _report(
+    trainer: Trainer, results: dict[str, Any], model_dir: Path | None, echo: Callable[[str], None]
+) -> None:
+    cfg = trainer.config
+    test, base, rng = results["test_bpd"], results["gaussian_baseline_bpd"], trainer.data_range
+    echo(
+        f"trained {trainer.step} steps in {results['seconds']['train']:.0f} s; selected EMA weights of step "
+        f"{trainer.best_step} (validation {trainer.best_val:.3f} bits/dim, {cfg.val_divergence})"
+    )
+    echo(
+        f"test bits/dim ({cfg.test_divergence} divergence, uniform dequantization, {trainer.num_bins} bins "
+        f"on [{rng[0]:g}, {rng[1]:g}], {test['n']} images, {results['test_nfe']} NFE, "
+        f"{results['seconds']['test_eval']:.0f} s): "
+        f"mean {test['mean']:.3f}  median {test['median']:.3f}  "
+        f"worst {test['worst']:.3f} (image {test['worst_index']})"
+    )
+    echo(
+        f"Gaussian baseline (full-covariance fit to the dequantized train split, closed form): "
+        f"mean {base['mean']:.3f}  median {base['median']:.3f}  worst {base['worst']:.3f}"
+    )
+    out = trainer.out_dir
+    echo(
+        f"wrote {model_dir}, {out / 'metrics.jsonl'}, {results['samples']}; "
+        f"total time {results['seconds']['total']:.0f} s"
+    )
+
+
+def _silent(message: str) -> None:
+    """The ``echo`` of the processes other than the main one: says nothing."""
