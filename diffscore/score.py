@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,15 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import as_time, bcast
-from .io import atomic_directory, read_json, read_tensors, write_json, write_tensors
+from .io import (
+    read_json,
+    read_tensors,
+    tensor_shapes,
+    verify_directory,
+    write_directory,
+    write_json,
+    write_tensors,
+)
 from .sde import SDE, sde_from_config, sde_to_config
 
 __all__ = ["ScoreModel", "ScoreFn", "PARAMETERIZATIONS"]
@@ -38,16 +46,25 @@ class ScoreModel(nn.Module):
         parameterization: one of ``"score"``, ``"noise"``, ``"scaled"`` (see ``PARAMETERIZATIONS``).
         min_std: floor on std(t) in the divisions of "noise" and "scaled", so t = 0 (std = 0) gives a
             large finite score instead of inf.
+        event_shape: the shape of one sample, e.g. (C, H, W), when known (from_pretrained takes it from
+            the model's metadata): then ``model(x, t)`` checks ``x.shape[1:]``, so an unbatched image is
+            refused instead of being read as a batch.
 
     ``model(x, t)`` returns the score, shaped like x. ``t`` is a float, 0-d or (B,) tensor of times.
 
     Raises:
-        ValueError: for an unknown parameterization.
-        TypeError: if ``net`` is not callable or ``sde`` is not an :class:`~diffscore.sde.SDE`.
+        ValueError: for an unknown parameterization; when called, ``x`` not shaped (B, *event_shape).
+        TypeError: if ``net`` is not callable or ``sde`` is not an :class:`~diffscore.sde.SDE`; when
+            called, ``x`` of another floating dtype than the weights.
     """
 
     def __init__(
-        self, net: nn.Module, sde: SDE, parameterization: str = "noise", min_std: float = 1e-12
+        self,
+        net: nn.Module,
+        sde: SDE,
+        parameterization: str = "noise",
+        min_std: float = 1e-12,
+        event_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not callable(net):
@@ -62,8 +79,18 @@ class ScoreModel(nn.Module):
         self.sde = sde
         self.parameterization = parameterization
         self.min_std = float(min_std)
+        self.event_shape = None if event_shape is None else tuple(int(s) for s in event_shape)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        if self.event_shape is not None and tuple(x.shape[1:]) != self.event_shape:
+            want = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"x must be a batch shaped (B, {want}) for this model, got {tuple(x.shape)}")
+        p = next(self.parameters(), None)
+        if p is not None and x.dtype != p.dtype and x.is_floating_point():
+            raise TypeError(
+                f"x is {x.dtype} but the model's weights are {p.dtype}: convert one of them "
+                "(model.to(x.dtype) or x.to(model's dtype))"
+            )
         t = as_time(t, x.shape[0], x)
         out = self.net(x, t)
         if self.parameterization == "score":
@@ -103,7 +130,7 @@ class ScoreModel(nn.Module):
             "metadata": dict(metadata or {}),
         }
         directory = Path(directory)
-        with atomic_directory(directory) as tmp:
+        with write_directory(directory, ("model.safetensors", "config.json")) as tmp:
             write_tensors(tmp / "model.safetensors", self.state_dict())
             write_json(tmp / "config.json", config)
         return directory
@@ -125,27 +152,28 @@ class ScoreModel(nn.Module):
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"no such model directory: {str(directory)!r}")
+        verify_directory(directory, ("config.json", "model.safetensors"))
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         config = read_json(config_path)
         if config.get("format") != "diffscore.ScoreModel":
             raise ValueError(f"{str(config_path)!r} is not a diffscore ScoreModel config")
-        try:
-            net = nets.from_config(config["net"])
-            sde = sde_from_config(config["sde"])
-            model = cls(net, sde, config["parameterization"], config.get("min_std", 1e-12))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{str(config_path)!r} does not describe a valid model: {err}") from err
+        shape = (config.get("metadata") or {}).get("image_shape")
+
+        def build() -> ScoreModel:
+            try:
+                net = nets.from_config(config["net"])
+                sde = sde_from_config(config["sde"])
+                return cls(net, sde, config["parameterization"], config.get("min_std", 1e-12), shape)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"{str(config_path)!r} does not describe a valid model: {err}") from err
+
+        # the architecture is checked against the weights file's header on the meta device first, so a
+        # config describing a network larger than its weights is refused before anything is allocated
+        with torch.device("meta"):
+            _check_fit(build().state_dict(), tensor_shapes(weights_path), weights_path)
+        model = build()
         state = read_tensors(weights_path)
-        own = model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-        if missing or unexpected or shapes:
-            raise ValueError(
-                f"{str(weights_path)!r} does not match the architecture in config.json: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"wrong shape {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:5]]}"
-            )
+        _check_fit(model.state_dict(), {k: tuple(v.shape) for k, v in state.items()}, weights_path)
         floats = [v.dtype for v in state.values() if v.is_floating_point()]
         if floats:
             model = model.to(floats[0])
@@ -154,3 +182,16 @@ class ScoreModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"parameterization={self.parameterization!r}, sde={self.sde!r}"
+
+
+def _check_fit(own: Mapping[str, Tensor], shapes: Mapping[str, tuple[int, ...]], path: Path) -> None:
+    """Raise ValueError naming ``path`` unless its tensors (name -> shape) are exactly ``own``'s."""
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    wrong = [k for k in own if k in shapes and tuple(own[k].shape) != tuple(shapes[k])]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{str(path)!r} does not match the architecture in config.json: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"wrong shape {[(k, tuple(shapes[k]), tuple(own[k].shape)) for k in wrong[:5]]}"
+        )

@@ -52,6 +52,7 @@ def test_train_writes_checkpoint_metrics_model_and_samples(run, capsys):
         "optimizer.safetensors",
         "best_ema.safetensors",
         "state.json",
+        ".diffscore.json",  # the manifest: size and SHA-256 of every file, checked before a resume
     }
     state = json.loads((ckpt / "state.json").read_text())
     assert state["step"] == 300 and isinstance(state["rng"]["noise"], list)

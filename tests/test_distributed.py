@@ -190,19 +190,25 @@ def test_bf16_autocast_training_on_cpu():
 
 
 def test_remove_temporaries_deletes_only_unfinished_writes(tmp_path):
-    (tmp_path / ".metrics.jsonl.k2j3.tmp").write_text("{")  # atomic_write's temporary file
-    (tmp_path / ".step_00000004.a1b2.tmp").mkdir()  # atomic_directory's temporary directory
-    (tmp_path / ".step_00000004.a1b2.tmp" / "model.safetensors").write_bytes(b"\x00")
-    (tmp_path / ".model.old-0123abcd").mkdir()  # a replaced directory awaiting deletion
-    kept = ["step_00000003", ".gitignore", "notes.tmp"]
+    hex32 = "0123456789abcdef" * 2
+    (tmp_path / f".metrics.jsonl.{hex32}.diffscore-tmp").write_text("{")  # atomic_write's temporary file
+    staging = tmp_path / f".step_00000004.{hex32}.diffscore-tmp"  # write_directory's staging directory
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"\x00")
+    (tmp_path / f".model.{hex32}.diffscore-trash").mkdir()  # a directory being deleted
+    # names like ours that diffscore never makes: a user's files, kept
+    kept = ["step_00000003", ".gitignore", "notes.tmp", ".zshrc.old-2024", ".git.old-backup", ".a.b.tmp"]
     (tmp_path / "step_00000003").mkdir()
     (tmp_path / ".gitignore").write_text("*")
     (tmp_path / "notes.tmp").write_text("mine")
+    (tmp_path / ".zshrc.old-2024").write_text("mine")
+    (tmp_path / ".git.old-backup").mkdir()
+    (tmp_path / ".a.b.tmp").write_text("mine")
     removed = remove_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == [
-        ".metrics.jsonl.k2j3.tmp",
-        ".model.old-0123abcd",
-        ".step_00000004.a1b2.tmp",
+        f".metrics.jsonl.{hex32}.diffscore-tmp",
+        f".model.{hex32}.diffscore-trash",
+        f".step_00000004.{hex32}.diffscore-tmp",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
     assert remove_temporaries(tmp_path / "missing") == []
@@ -461,7 +467,7 @@ def test_killed_run_resumes_on_another_number_of_processes(tmp_path):
     visible = {p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")}
     assert visible == {p.name for p in left}
     # what a kill in the middle of a write leaves: a hidden temporary directory and a cut-off log line
-    partial = run / "checkpoints" / ".step_00000999.x1y2.tmp"
+    partial = run / "checkpoints" / f".step_00000999.{'ab12' * 8}.diffscore-tmp"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"\x00\x01")
     with open(run / "metrics.jsonl", "a") as f:
@@ -470,8 +476,9 @@ def test_killed_run_resumes_on_another_number_of_processes(tmp_path):
     run_cli(["train", "--out", str(run), "--resume", "--no-progress"], nproc=1)
     results = json.loads((run / "results.json").read_text())
     assert results["steps"] == 120 and results["world_size"] == 1
+    ours = {".diffscore.json", ".diffscore.lock"}  # the manifests and the run's lock file
     hidden = [p for d in (run, run / "checkpoints") for p in d.iterdir() if p.name.startswith(".")]
-    assert hidden == []
+    assert [p for p in hidden if p.name not in ours] == []
     final = list_checkpoints(run / "checkpoints")
     assert [int(p.name[5:]) for p in final] == [118, 119, 120]
     for path in final:

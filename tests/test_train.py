@@ -43,7 +43,8 @@ def digits():
 
 
 def hidden_files(root: Path) -> list[str]:
-    return [str(p) for p in root.rglob(".*")]
+    """Hidden names under ``root`` other than diffscore's manifests: leftovers of unfinished writes."""
+    return [str(p) for p in root.rglob(".*") if p.name != ".diffscore.json"]
 
 
 def assert_same_state(a: Trainer, b: Trainer) -> None:
@@ -173,7 +174,8 @@ def test_checkpoint_crash_leaves_previous_checkpoint_intact(tmp_path, digits, mo
     monkeypatch.undo()
 
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step_00000002"]
-    assert sorted(os.listdir(root)) == ["step_00000002"]  # no partial directory, no temporary files
+    # no partial directory, no temporary files (the manifest names the checkpoints diffscore wrote)
+    assert sorted(os.listdir(root)) == [".diffscore.json", "step_00000002"]
     assert {p.name: p.read_bytes() for p in (root / "step_00000002").iterdir()} == before
     restored = Trainer.from_checkpoint(root / "step_00000002", None, data=digits, progress=False)
     assert restored.step == 2
@@ -205,7 +207,8 @@ def test_from_pretrained_round_trip(saved_model):
     x, t = torch.randn(5, 1, 8, 8), torch.rand(5) * 0.9 + 0.05
     with torch.no_grad():
         assert torch.equal(loaded(x, t), model(x, t))
-    assert sorted(os.listdir(path)) == ["config.json", "model.safetensors"]
+    # the manifest records what diffscore wrote (size and SHA-256 of each file)
+    assert sorted(os.listdir(path)) == [".diffscore.json", "config.json", "model.safetensors"]
 
 
 def test_from_pretrained_missing(tmp_path, saved_model):
@@ -232,8 +235,12 @@ def test_from_pretrained_wrong_architecture(tmp_path, saved_model, digits):
     _, path = saved_model
     wide = Trainer(tiny_config("steps=1", "net_options.hidden=48"), None, data=digits, progress=False)
     other = wide.export(tmp_path / "wide")
-    # the wide network's config with the narrow network's weights
+    # the wide network's config with the narrow network's weights: the manifest sees the file replaced
     (other / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="model.safetensors' has 73808 bytes but .diffscore.json records"):
+        ds.ScoreModel.from_pretrained(other)
+    # a directory assembled by hand (no manifest): the architecture check names the tensors
+    (other / ".diffscore.json").unlink()
     with pytest.raises(ValueError, match="does not match the architecture") as info:
         ds.ScoreModel.from_pretrained(other)
     assert "model.safetensors" in str(info.value) and "wrong shape" in str(info.value)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..io import read_json, read_tensors, write_json, write_tensors
+from ..io import read_json, read_tensors, verify_directory, write_directory, write_json, write_tensors
 from ..sde import SDE, sde_from_config, sde_to_config
 from .layers import GaussianFourierProjection
 
@@ -75,14 +75,18 @@ class TimeDependentClassifier(nn.Module):
 
 
 def save_classifier(classifier: TimeDependentClassifier, directory: str | Path, **metadata: Any) -> Path:
-    """Write ``classifier.safetensors`` and ``config.json`` (config, SDE, ``metadata``), each atomically."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    write_tensors(d / "classifier.safetensors", classifier.state_dict())
-    write_json(
-        d / "config.json", {**classifier.config, "sde": sde_to_config(classifier.sde), "metadata": metadata}
-    )
-    return d
+    """Write ``classifier.safetensors`` and ``config.json`` (config, SDE, ``metadata``) as one directory
+    (:func:`diffscore.io.write_directory`: other files in ``directory`` are left alone).
+
+    Raises:
+        FileExistsError: ``directory`` holds a file of these names that diffscore did not write.
+    """
+    names = ("classifier.safetensors", "config.json")
+    config = {**classifier.config, "sde": sde_to_config(classifier.sde), "metadata": metadata}
+    with write_directory(directory, names) as tmp:
+        write_tensors(tmp / "classifier.safetensors", classifier.state_dict())
+        write_json(tmp / "config.json", config)
+    return Path(directory)
 
 
 def load_classifier(
@@ -95,6 +99,7 @@ def load_classifier(
         ValueError: ``directory`` holds something else than a classifier (e.g. a score model).
     """
     d = Path(directory)
+    verify_directory(d, ("config.json",))
     cfg = read_json(d / "config.json")
     keys = ("num_classes", "hidden", "depth", "embedding_size", "sde", "image_shape")
     if any(k not in cfg for k in keys):

@@ -15,12 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..io import atomic_directory, read_json, read_tensors, write_json, write_tensors
+from ..io import read_json, read_tensors, verify_directory, write_directory, write_json, write_tensors
 
 __all__ = [
     "CHECKPOINT_PREFIX",
     "save_checkpoint",
     "load_checkpoint",
+    "check_state",
     "list_checkpoints",
     "latest_checkpoint",
     "optimizer_state_to_tensors",
@@ -87,7 +88,7 @@ def save_checkpoint(
         The checkpoint directory.
     """
     directory = Path(directory)
-    with atomic_directory(directory) as tmp:
+    with write_directory(directory) as tmp:
         for group, named in tensors.items():
             write_tensors(tmp / f"{group}.safetensors", named)
         write_json(tmp / "state.json", dict(state))
@@ -99,20 +100,74 @@ def load_checkpoint(
 ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
     """Read a directory written by :func:`save_checkpoint`: ``(tensor groups, state)``.
 
+    Every file is checked against the directory's manifest (size and SHA-256,
+    :func:`diffscore.io.verify_directory`) before it is read, and ``state.json`` against the schema of
+    a training state (:func:`check_state`).
+
     Raises:
         FileNotFoundError: the directory or its ``state.json`` is missing.
-        ValueError: a corrupt file (the message names it).
+        ValueError: a missing, damaged or corrupt file, or a state.json field of the wrong type or
+            range (the message names the file and the field).
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"no such checkpoint directory: {str(directory)!r}")
-    state = read_json(directory / "state.json")
+    files = verify_directory(directory, ("state.json",))
+    state = check_state(read_json(directory / "state.json"), directory)
+    names = sorted(files) if files else sorted(p.name for p in directory.iterdir())
     groups = {
-        p.name[: -len(".safetensors")]: read_tensors(p, device)
-        for p in sorted(directory.glob("*.safetensors"))
-        if not p.name.startswith(".")
+        name[: -len(".safetensors")]: read_tensors(directory / name, device)
+        for name in names
+        if name.endswith(".safetensors") and not name.startswith(".")
     }
     return groups, state
+
+
+def check_state(state: dict[str, Any], directory: str | os.PathLike) -> dict[str, Any]:
+    """Check the fields of a checkpoint's ``state.json`` (types and ranges) and return it.
+
+    ``step`` must be an int >= 0 and equal the step in the directory's name (``step_<step>``).
+
+    Raises:
+        ValueError: a missing field, or one of the wrong type or out of range (the message names the
+            file and the field).
+    """
+    where = f"{str(Path(directory) / 'state.json')!r}"
+
+    def need(obj: Any, key: str, kinds: tuple[type, ...], label: str | None = None) -> Any:
+        label = label or key
+        if not isinstance(obj, dict) or key not in obj:
+            raise ValueError(f"{where} has no field {label!r}: not a complete training checkpoint")
+        value = obj[key]
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"{where}: field {label!r} must be {names}, got {value!r:.80}")
+        return value
+
+    if state.get("format") != "diffscore.train":
+        raise ValueError(f"{where} is not a diffscore training checkpoint (no format 'diffscore.train')")
+    step = need(state, "step", (int,))
+    if step < 0:
+        raise ValueError(f"{where}: field 'step' must be >= 0, got {step}")
+    name = Path(directory).name
+    if name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit():
+        if int(name[len(CHECKPOINT_PREFIX) :]) != step:
+            raise ValueError(f"{where}: field 'step' is {step} but the directory is {name!r}")
+    need(state, "config", (dict,))
+    rng = need(state, "rng", (dict,))
+    for key in ("noise", "torch"):
+        values = need(rng, key, (list,), f"rng.{key}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 256 for v in values):
+            raise ValueError(f"{where}: field 'rng.{key}' must be a list of bytes (ints in 0..255)")
+    need(need(state, "optimizer", (dict,)), "param_groups", (list,), "optimizer.param_groups")
+    best = need(state, "best", (dict,))
+    need(best, "val_bpd", (int, float, type(None)), "best.val_bpd")
+    need(best, "step", (int,), "best.step")
+    if need(state, "world_size", (int,)) < 1:
+        raise ValueError(f"{where}: field 'world_size' must be >= 1")
+    if "metrics_bytes" in state and need(state, "metrics_bytes", (int,)) < 0:
+        raise ValueError(f"{where}: field 'metrics_bytes' must be >= 0")
+    return state
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
