@@ -38,6 +38,7 @@ __all__ = [
     "current",
     "is_enabled",
     "backend_for",
+    "check_device",
     "resolve_device",
     "init_distributed",
     "shutdown",
@@ -139,9 +140,43 @@ def backend_for(device: torch.device | str) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
+def check_device(device: torch.device | str | None) -> torch.device:
+    """A device this process can use: ``None`` -> CPU; checked before any work is done.
+
+    Raises:
+        ValueError: a string torch does not parse as a device (e.g. "gpu"), a device type other than
+            cpu, cuda and mps, a CUDA device on a torch build or machine without one, a CUDA index
+            beyond the visible GPUs, or mps where it is not available; the message names the device.
+    """
+    if isinstance(device, torch.device):
+        parsed = device
+    else:
+        try:
+            parsed = torch.device(device or "cpu")
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"device {device!r} is not a torch device; use cpu, cuda, cuda:<index> or mps"
+            ) from None
+    if parsed.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise ValueError(f"device {str(parsed)!r}: this torch build has no CUDA support (a CPU build)")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"device {str(parsed)!r}: no CUDA GPU is visible to this process")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {str(parsed)!r}: only {count} CUDA GPU(s) are visible")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {str(parsed)!r}: MPS is not available on this machine")
+    elif parsed.type != "cpu":
+        raise ValueError(f"device {str(parsed)!r}: diffscore runs on cpu, cuda and mps devices")
+    return parsed
+
+
 def resolve_device(device: torch.device | str | None, info: DistInfo) -> torch.device:
     """The device of this process: ``None`` -> CPU; a bare ``"cuda"`` -> ``cuda:<local_rank>`` (one
-    GPU per process); a device with an explicit index is kept as given."""
+    GPU per process); a device with an explicit index is kept as given (:func:`init_distributed` then
+    checks it with :func:`check_device`)."""
     device = torch.device(device or "cpu")
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", info.local_rank)
@@ -172,12 +207,16 @@ def init_distributed(
         ``(info, device)``.
 
     Raises:
-        ValueError: malformed environment (see :func:`env_info`), a non-positive ``timeout_s``, or
-            ``backend="nccl"`` with a non-CUDA device.
+        ValueError: malformed environment (see :func:`env_info`), an unusable device
+            (:func:`check_device`), a non-positive ``timeout_s``, or ``backend="nccl"`` with a non-CUDA
+            device.
         RuntimeError: a multi-process job on a torch build without torch.distributed.
     """
     info = env_info(environ)
-    device = resolve_device(device, info)
+    try:
+        device = check_device(resolve_device(device, info))
+    except RuntimeError as err:  # a string torch does not parse
+        raise ValueError(f"device {device!r} is not a torch device ({err})") from None
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     if not info.enabled:

@@ -9,15 +9,26 @@ config), :mod:`~diffscore.training.trainer` (:class:`Trainer`), :mod:`~diffscore
 
 from .checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .classifier import classifier_accuracy, train_classifier
-from .config import PRESETS, TrainConfig, apply_overrides, build_net, get_preset, load_splits, parse_value
+from .config import (
+    PRESETS,
+    RESUMABLE,
+    TrainConfig,
+    apply_overrides,
+    build_net,
+    get_preset,
+    load_splits,
+    parse_value,
+)
 from .ncsn import load_ncsn, ncsn_batch_loss, ncsn_samples, save_ncsn, train_ncsn
 from .run import train
-from .trainer import Trainer, check_bf16
+from .trainer import Trainer, TrainingInterrupted, check_bf16
 
 __all__ = [
     "PRESETS",
+    "RESUMABLE",
     "TrainConfig",
     "Trainer",
+    "TrainingInterrupted",
     "apply_overrides",
     "build_net",
     "check_bf16",

@@ -31,6 +31,8 @@ __all__ = [
     "parse_value",
     "build_net",
     "load_splits",
+    "RESUMABLE",
+    "resumed_config",
 ]
 
 
@@ -358,3 +360,42 @@ def load_splits(config: TrainConfig) -> dict[str, ImageData]:
         image_size=config.image_size,
         channels=config.channels,
     )
+
+
+#: Fields a resumed run may change: how long it runs and what it logs, saves and reports. The others
+#: define the optimisation itself and stay as the checkpoint has them.
+RESUMABLE = (
+    "steps",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval_batch_size",
+    "test_limit",
+    "test_divergence",
+    "num_samples",
+    "sample_method",
+    "sample_options",
+)
+
+
+def resumed_config(saved: TrainConfig, requested: TrainConfig | None, step: int) -> TrainConfig:
+    """The config a run resumed at ``step`` continues with: ``saved`` (the checkpoint's), or
+    ``requested`` when it differs from ``saved`` in :data:`RESUMABLE` fields only.
+
+    Raises:
+        ValueError: ``requested`` changes another field (the message names them), or sets ``steps``
+            below ``step``.
+    """
+    if requested is None:
+        return saved
+    old, new = saved.to_dict(), requested.to_dict()
+    changed = sorted(k for k in old if old[k] != new[k] and k not in RESUMABLE)
+    if changed:
+        raise ValueError(
+            "a resumed run keeps its config; it may change only "
+            f"{', '.join(RESUMABLE)}, not {', '.join(changed)}"
+        )
+    if requested.steps < step:
+        raise ValueError(f"steps {requested.steps} is below the checkpoint's step {step}")
+    return requested

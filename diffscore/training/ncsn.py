@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .. import distributed as dd
 from .._checks import Generator, rand
 from ..data import quantize, save_image_grid, uniform_dequantize
-from ..io import atomic_directory, read_json, read_tensors, write_json, write_tensors
+from ..io import claim, read_json, read_tensors, verify_directory, write_directory, write_json, write_tensors
 from ..losses import ncsn_loss
 from ..nets import from_config
 from ..sampling.langevin import annealed_langevin
@@ -107,7 +107,7 @@ def ncsn_samples(
 def save_ncsn(net: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``directory/config.json`` (``{"net": net.config, "metadata": ...}``) and
     ``directory/model.safetensors`` (the state dict) atomically; returns the directory."""
-    with atomic_directory(directory) as tmp:
+    with write_directory(directory, ("config.json", "model.safetensors")) as tmp:
         write_json(tmp / "config.json", {"kind": "ncsn", "net": net.config, "metadata": metadata or {}})
         write_tensors(tmp / "model.safetensors", net.state_dict())
     return Path(directory)
@@ -121,6 +121,7 @@ def load_ncsn(
     Raises:
         FileNotFoundError: missing files. ValueError: not an NCSN model directory, or corrupt files.
     """
+    verify_directory(directory, ("config.json", "model.safetensors"))
     cfg = read_json(Path(directory) / "config.json")
     if cfg.get("kind") != "ncsn" or "net" not in cfg:
         raise ValueError(f"{str(directory)!r} does not hold an NCSN model saved by save_ncsn")
@@ -140,6 +141,9 @@ def train_ncsn(
 ) -> dict[str, Any]:
     """Train an NCSN as ``config`` says (single process), score the test split, draw samples.
 
+    Call it through :func:`diffscore.training.train`, which holds the run folder's lock and refuses
+    to start over a previous run; the names written are claimed in the folder's manifest.
+
     Adam (``lr``, linear ``warmup``, ``grad_clip``), EMA of the weights (``ema_rate``), batches of
     ``batch_size`` dequantized images drawn with replacement (``seed``). ``sample_options`` go to
     :func:`ncsn_samples` (``step_size``, ``n_steps_each``, ``denoise``). No checkpoints or resume.
@@ -151,7 +155,7 @@ def train_ncsn(
     """
     start = time.perf_counter()
     out = Path(out_dir)
-    dev = torch.device(device or "cpu")
+    dev = dd.check_device(device)
     splits = load_splits(config)
     train_data, test_data = splits["train"], splits["test"]
     num_bins, image_shape = train_data.num_bins, tuple(train_data.image_shape)
@@ -161,9 +165,8 @@ def train_ncsn(
         net = build_net(config, image_shape).to(dev, dtype)
     ema = copy.deepcopy(net).requires_grad_(False).eval()
     test_images = test_data.images[: config.test_limit].to(dev)
-    write_json(out / "train_config.json", config.to_dict())
-    metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
+    write_json(claim(out / "train_config.json"), config.to_dict())
+    metrics = claim(out / "metrics.jsonl")
     initial = _test_loss(ema, test_images, config, num_bins, dtype)
     sigmas = _sigmas(net)
     echo(
@@ -184,7 +187,7 @@ def train_ncsn(
         "step": config.steps,
         "train_config": config.to_dict(),
     }
-    model_dir = save_ncsn(ema, out / "model", metadata)
+    model_dir = save_ncsn(ema, claim(out / "model"), metadata)
     grid = _write_samples(config, ema, image_shape, num_bins, out)
     results = {
         "dataset": config.dataset,
@@ -199,7 +202,7 @@ def train_ncsn(
         "model": str(model_dir),
         "samples": str(grid),
     }
-    write_json(out / "results.json", results)
+    write_json(claim(out / "results.json"), results)
     echo(f"trained {config.steps} steps in {train_seconds:.0f} s")
     echo(
         "NCSN has no exact likelihood: bits/dim evaluation skipped. "
@@ -277,7 +280,10 @@ def _write_samples(
     samples = samples.detach().cpu()
     samples_int = quantize(samples, num_bins, data_range)
     grid = save_image_grid(
-        samples_int, out / "samples.png", nrow=math.ceil(math.sqrt(config.num_samples)), num_bins=num_bins
+        samples_int,
+        claim(out / "samples.png"),
+        nrow=math.ceil(math.sqrt(config.num_samples)),
+        num_bins=num_bins,
     )
-    write_tensors(out / "samples.safetensors", {"samples": samples, "samples_int": samples_int})
+    write_tensors(claim(out / "samples.safetensors"), {"samples": samples, "samples_int": samples_int})
     return grid

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,37 @@ import torch
 from .. import distributed as dd
 from ..data import save_image_grid
 from ..evaluation import evaluate_bpd, gaussian_baseline_bpd, generate_samples, summarize
-from ..io import remove_temporaries, write_json, write_tensors
+from ..io import (
+    LOCK,
+    claim,
+    lock_directory,
+    owns,
+    remove_owned,
+    remove_temporaries,
+    write_json,
+    write_tensors,
+)
 from .checkpoints import latest_checkpoint
 from .config import TrainConfig, load_splits
 from .trainer import Trainer
 
-__all__ = ["train"]
+__all__ = ["train", "RUN_FILES"]
+
+
+#: What a training run writes in its folder (each claimed in the folder's manifest before it is written).
+RUN_FILES = (
+    "train_config.json",
+    "metrics.jsonl",
+    "checkpoints",
+    "model",
+    "results.json",
+    "samples.png",
+    "samples.safetensors",
+)
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     out_dir: str | os.PathLike,
     *,
     device: torch.device | str | None = None,
@@ -51,38 +72,68 @@ def train(
     beside the closed-form bits/dim of a full-covariance Gaussian fit
     (:func:`diffscore.evaluation.gaussian_baseline_bpd`).
 
+    The folder is diffscore's only where its manifest says so: every name above is claimed
+    (:func:`diffscore.io.claim`) before it is written, ``overwrite`` deletes only what a run wrote, and
+    other files in the folder are never touched. One process at a time trains into a folder
+    (:func:`diffscore.io.lock_directory`); on start, the leftovers of writes that a killed run never
+    finished are cleaned up (:func:`diffscore.io.remove_temporaries`).
+
     Under torch.distributed (a process group started by the caller, e.g. with
     :func:`diffscore.distributed.init_distributed`) every process calls this with the same arguments
     and an ``out_dir`` they share: training is data-parallel on the global batch ``config.batch_size``,
     the evaluations and sampling are split over the processes, and only the main process writes files
-    and calls ``echo``. A run resumes on any number of processes (docs/distributed.md). On start, the
-    hidden leftovers of writes that a killed run never finished are deleted
-    (:func:`diffscore.io.remove_temporaries`).
+    and calls ``echo``. A run resumes on any number of processes (docs/distributed.md).
 
     ``config.objective == "ncsn"`` runs :func:`diffscore.training.ncsn.train_ncsn` instead (one process,
     no resume).
 
     Args:
-        resume: continue from the newest checkpoint in ``out_dir/checkpoints`` (its config is used).
-        overwrite: start afresh even though ``out_dir`` holds checkpoints (they are deleted).
+        config: the run's config. With ``resume`` it may be None (the checkpoint's is used) or the
+            checkpoint's with changes to :data:`diffscore.training.config.RESUMABLE` fields only (e.g. a
+            larger ``steps`` to train further).
+        resume: continue from the newest checkpoint in ``out_dir/checkpoints``.
+        overwrite: start afresh although ``out_dir`` holds a run (what the run wrote is deleted).
         bf16: train under bf16 autocast (:func:`diffscore.training.check_bf16`).
 
     Raises:
-        FileExistsError: ``out_dir`` holds checkpoints and neither ``resume`` nor ``overwrite`` is set.
+        FileExistsError: ``out_dir`` holds a run and neither ``resume`` nor ``overwrite`` is set, or holds
+            a file of a run's names that diffscore did not write.
+        FileNotFoundError: ``resume`` and no complete checkpoint to resume from.
+        BlockingIOError: another process is training into ``out_dir``.
+        ValueError: ``resume`` with a config that changes more than the resumable fields.
+        TrainingInterrupted: SIGINT or SIGTERM stopped training after saving a checkpoint.
 
     Returns:
         The results dict (also written to ``results.json``).
     """
-    if config.objective == "ncsn":  # NCSN RefineNet: own loop, no exact likelihood
-        from .ncsn import train_ncsn
-
-        if resume or dd.current().world_size > 1:
-            raise ValueError("objective='ncsn' runs in one process and does not resume")
-        return train_ncsn(config, out_dir, device=device, dtype=dtype, progress=progress, echo=echo)
-    start = time.perf_counter()
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
     out = Path(out_dir)
     if not dd.current().is_main:
         progress, echo = False, _silent
+    with _run_folder(out):
+        if config is not None and config.objective == "ncsn":  # NCSN RefineNet: own loop, no likelihood
+            from .ncsn import train_ncsn
+
+            if resume or dd.current().world_size > 1:
+                raise ValueError("objective='ncsn' runs in one process and does not resume")
+            _start_fresh(out, overwrite)
+            return train_ncsn(config, out, device=device, dtype=dtype, progress=progress, echo=echo)
+        return _train_score_model(config, out, resume, overwrite, progress, echo, device, dtype, bf16)
+
+
+def _train_score_model(
+    config: TrainConfig | None,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    echo: Callable[[str], None],
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+    bf16: bool,
+) -> dict[str, Any]:
+    start = time.perf_counter()
     kwargs = dict(device=device, dtype=dtype, progress=progress, bf16=bf16)
     trainer = _open_run(config, out, resume, overwrite, echo, **kwargs)
     _announce(trainer, echo)
@@ -94,43 +145,87 @@ def train(
     grid = _draw_samples(trainer, model, out)
     results = _results(trainer, evaluation, grid, train_seconds, time.perf_counter() - start)
     if trainer.is_main:
-        write_json(out / "results.json", results)
+        write_json(claim(out / "results.json"), results)
     _report(trainer, results, model_dir, echo)
     dd.barrier()  # no process returns while the main one still writes
     return results
 
 
+@contextmanager
+def _run_folder(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock (main process; all processes learn whether it was had), check that no
+    run name is taken by a file diffscore did not write, and clean up after killed writes."""
+    main = dd.current().is_main
+    with ExitStack() as stack:
+        error: Exception | None = None
+        if main:
+            try:
+                _check_names(out)  # before the lock file is written: a refused folder stays as it was
+                stack.enter_context(lock_directory(out, "training run folder"))
+                _check_names(out)
+                remove_temporaries(out)
+                remove_temporaries(out / "checkpoints")
+            except (OSError, ValueError) as err:
+                error = err
+        message = dd.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+        if error is not None:
+            raise error
+        if message is not None:
+            raise OSError(f"the main process could not open {str(out)!r}: {message}")
+        yield
+
+
+def _check_names(out: Path) -> None:
+    for name in (*RUN_FILES, LOCK):
+        if ((out / name).exists() or (out / name).is_symlink()) and not owns(out / name):
+            raise FileExistsError(
+                f"{str(out / name)!r} exists and was not written by diffscore; move it away or choose "
+                "another --out"
+            )
+
+
+def _start_fresh(out: Path, overwrite: bool) -> None:
+    """Refuse to start over a previous run in ``out`` unless ``overwrite``, which deletes what it wrote."""
+    previous = [name for name in RUN_FILES if owns(out / name)]
+    if not previous:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{str(out)!r} already holds a training run ({', '.join(previous)}); pass --resume to continue "
+            "it or --overwrite to start over"
+        )
+    if dd.current().is_main:
+        for name in previous:
+            remove_owned(out / name)
+    dd.barrier()
+
+
 def _open_run(
-    config: TrainConfig,
+    config: TrainConfig | None,
     out: Path,
     resume: bool,
     overwrite: bool,
     echo: Callable[[str], None],
     **kwargs: Any,
 ) -> Trainer:
-    """A trainer for ``out``: resumed from its newest checkpoint, or fresh (after deleting the old
-    checkpoints with ``overwrite``); clears the leftovers of killed writes and writes train_config.json."""
-    main = dd.current().is_main
-    ckpt = latest_checkpoint(out / "checkpoints")
-    dd.barrier()  # every process has found the checkpoint before the main one changes the folder
-    if main:
-        remove_temporaries(out)
-        remove_temporaries(out / "checkpoints")
-    if resume and ckpt is not None:
-        trainer = Trainer.from_checkpoint(ckpt, out, **kwargs)
-        echo(f"resuming from {ckpt} (step {trainer.step})")
-    else:
-        if ckpt is not None and not overwrite:
-            raise FileExistsError(
-                f"{str(out)!r} already holds checkpoints; pass --resume to continue "
-                "or --overwrite to start over"
+    """A trainer for ``out``: resumed from its newest checkpoint, or fresh (after deleting the previous
+    run with ``overwrite``); writes train_config.json."""
+    if resume:
+        ckpt = latest_checkpoint(out / "checkpoints")
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"nothing to resume: {str(out / 'checkpoints')!r} holds no complete checkpoint; "
+                "run without --resume to start a new run"
             )
-        if ckpt is not None and main:
-            shutil.rmtree(out / "checkpoints")
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+        trainer = Trainer.from_checkpoint(ckpt, out, config=config, **kwargs)
+        echo(f"resuming from {ckpt} (step {trainer.step} of {trainer.config.steps})")
+    else:
+        if config is None:
+            raise ValueError("a new run needs a config")
+        _start_fresh(out, overwrite)
         trainer = Trainer(config, out, **kwargs)
-    if main:
-        write_json(out / "train_config.json", trainer.config.to_dict())
+    if trainer.is_main:
+        write_json(claim(out / "train_config.json"), trainer.config.to_dict())
     return trainer
 
 
@@ -197,8 +292,9 @@ def _draw_samples(trainer: Trainer, model: torch.nn.Module, out: Path) -> Path:
     grid = out / "samples.png"
     if trainer.is_main:
         nrow = math.ceil(math.sqrt(cfg.num_samples))
-        save_image_grid(samples_int, grid, nrow=nrow, num_bins=trainer.num_bins)
-        write_tensors(out / "samples.safetensors", {"samples": samples, "samples_int": samples_int})
+        save_image_grid(samples_int, claim(grid), nrow=nrow, num_bins=trainer.num_bins)
+        tensors = {"samples": samples, "samples_int": samples_int}
+        write_tensors(claim(out / "samples.safetensors"), tensors)
     return grid
 
 

@@ -35,7 +35,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from .. import distributed as dd
 from .._checks import Generator, rand, seed_from
 from ..data import ImageData, gaussian_moments, uniform_dequantize
 from ..evaluation import evaluate_bpd, summarize
-from ..io import atomic_write
+from ..io import claim, remove_owned
 from ..losses import dsm_loss
 from ..nets import GaussianResidualNet
 from ..score import ScoreModel
@@ -62,9 +61,62 @@ from .checkpoints import (
     save_checkpoint,
     set_generator_state,
 )
-from .config import TrainConfig, build_net, load_splits
+from .config import TrainConfig, build_net, load_splits, resumed_config
 
-__all__ = ["Trainer", "check_bf16"]
+__all__ = ["Trainer", "TrainingInterrupted", "check_bf16"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (SIGINT, SIGTERM) after saving the checkpoint of its step.
+
+    Attributes:
+        step: the step reached. checkpoint: the checkpoint directory written (None without an out_dir).
+        signal_name: "SIGINT" or "SIGTERM".
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None, signal_name: str) -> None:
+        where = f"; saved {checkpoint}" if checkpoint is not None else ""
+        super().__init__(f"{signal_name}: training stopped at step {step}{where}")
+        self.step, self.checkpoint, self.signal_name = step, checkpoint, signal_name
+
+
+class _StopSignals:
+    """Within ``with``: SIGINT and SIGTERM set a flag instead of stopping the process; a second SIGINT
+    raises KeyboardInterrupt at once. Outside the main thread, nothing is installed."""
+
+    def __init__(self) -> None:
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.signal_name and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_name = signal.Signals(signum).name
+
+    def requested(self, world_size: int) -> bool:
+        """Whether a signal arrived (on any process, under torch.distributed: all of them agree)."""
+        if world_size == 1:
+            return bool(self.signal_name)
+        name = next((n for n in dd.all_gather_objects(self.signal_name) if n), "")
+        self.signal_name = self.signal_name or name
+        return bool(name)
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def check_bf16(bf16: bool, device: torch.device | str, dtype: torch.dtype) -> bool:
@@ -137,11 +189,14 @@ class Trainer:
         config.validate()
         self.config = config
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.device = torch.device(device or "cpu")
+        self.device = dd.check_device(device)
         self.dtype = dtype
         self.progress = progress
         self.bf16 = check_bf16(bf16, self.device, dtype)
         self._join_processes()
+        if self.out_dir is not None and self.is_main:
+            for name in ("metrics.jsonl", "checkpoints", "model"):  # refuses names diffscore did not write
+                claim(self.out_dir / name)
         self._load_data(data if data is not None else load_splits(config))
         self._build_model()
         self.optimizer = torch.optim.AdamW(
@@ -156,6 +211,10 @@ class Trainer:
         self.best_step = -1
         self.best_state: dict[str, Tensor] | None = None
         self.last_metrics: dict[str, Any] = {}
+        self.last_loss = math.nan
+        # sums of loss and gradient norm since the last train record, and their count (part of the
+        # checkpointed state: a run resumed between two records logs the same averages)
+        self._window: list[Any] = [0.0, 0.0, 0]
         self._perm_cache: tuple[int, Tensor] | None = None
 
     # ---- set-up ---------------------------------------------------------------------------------------
@@ -355,68 +414,101 @@ class Trainer:
         """Train until ``step == until`` (default ``config.steps``), validating every ``eval_every`` steps
         and at ``config.steps``, checkpointing every ``checkpoint_every`` steps and at ``until``.
 
+        SIGINT (Ctrl-C) and SIGTERM end the current step, save a checkpoint and raise
+        :class:`TrainingInterrupted` (a second Ctrl-C stops at once). Under torch.distributed the
+        processes agree after every step, so they all stop at the same one.
+
         Returns:
             The last validation record (or {}).
+
+        Raises:
+            TrainingInterrupted: a signal stopped training; the checkpoint of its step is on disk.
         """
         cfg = self.config
         until = cfg.steps if until is None else until
         if self.step >= until:
             return self.last_metrics
         bar = tqdm(total=until, initial=self.step, desc="train", disable=not (self.progress and self.is_main))
-        loss_sum, norm_sum, count, tick = 0.0, 0.0, 0, time.perf_counter()
-        while self.step < until:
-            loss, grad_norm = self.train_step()
-            loss_sum, norm_sum, count = loss_sum + loss, norm_sum + grad_norm, count + 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == until:
-                record = {
-                    "event": "train",
-                    "step": self.step,
-                    "loss": float(dd.mean_over_ranks(loss_sum / count)),
-                    "grad_norm": float(norm_sum / count),
-                    "lr": self.lr_at(self.step - 1),
-                    "steps_per_second": count / (time.perf_counter() - tick),
-                }
-                if not math.isfinite(record["loss"]):
-                    raise FloatingPointError(f"training loss became {record['loss']} at step {self.step}")
-                self.log(record)
-                bar.set_postfix(loss=f"{record['loss']:.3g}", val=self._best_text())
-                loss_sum, norm_sum, count, tick = 0.0, 0.0, 0, time.perf_counter()
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                self.validate()
-                bar.set_postfix(val=self._best_text())
-            if self.step % cfg.checkpoint_every == 0 or self.step == until:
-                self.save_checkpoint()
+        tick, ticked = time.perf_counter(), 0
+        with _StopSignals() as stop:
+            while self.step < until:
+                loss, grad_norm = self.train_step()
+                window = self._window
+                window[0], window[1], window[2] = window[0] + loss, window[1] + grad_norm, window[2] + 1
+                ticked += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == until:
+                    rate = ticked / (time.perf_counter() - tick)
+                    self._log_train(window[0] / window[2], window[1] / window[2], rate)
+                    bar.set_postfix(loss=f"{self.last_loss:.3g}", val=self._best_text())
+                    self._window, tick, ticked = [0.0, 0.0, 0], time.perf_counter(), 0
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    self.validate()
+                    bar.set_postfix(val=self._best_text())
+                stopped = stop.requested(self.world_size)
+                if stopped or self.step % cfg.checkpoint_every == 0 or self.step == until:
+                    path = self.save_checkpoint()
+                if stopped:
+                    bar.close()
+                    raise TrainingInterrupted(self.step, path, stop.signal_name)
         bar.close()
         return self.last_metrics
+
+    def _log_train(self, loss: Tensor, grad_norm: Tensor, steps_per_second: float) -> None:
+        record = {
+            "event": "train",
+            "step": self.step,
+            "loss": float(dd.mean_over_ranks(loss)),
+            "grad_norm": float(grad_norm),
+            "lr": self.lr_at(self.step - 1),
+            "steps_per_second": steps_per_second,
+        }
+        if not math.isfinite(record["loss"]):
+            raise FloatingPointError(f"training loss became {record['loss']} at step {self.step}")
+        self.last_loss = record["loss"]
+        self.log(record)
 
     def _best_text(self) -> str:
         return "-" if self.best_val is None else f"{self.best_val:.3f}@{self.best_step}"
 
     # ---- files (written by the main process only) -------------------------------------------------------
     def log(self, record: dict[str, Any]) -> None:
-        """Append one JSON record to ``<out>/metrics.jsonl`` (main process, when there is an out_dir)."""
+        """Append one JSON record to ``<out>/metrics.jsonl`` (main process, when there is an out_dir).
+
+        The line goes out in one write; if that fails (a full disk), the file is cut back to where it
+        was, so the log never holds a partial line, and the error propagates.
+        """
         if not self.is_main or self.out_dir is None:
             return
+        path = self.out_dir / "metrics.jsonl"
+        line = (json.dumps({**record, "time": time.time()}) + "\n").encode("utf-8")
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({**record, "time": time.time()}) + "\n")
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop metric records after ``step`` (left by a run that went on past the checkpoint resumed)."""
-        path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
-        if not self.is_main or path is None or not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            before = os.fstat(fd).st_size
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short when a run was killed
-                continue
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        text = "".join(line + "\n" for line in kept).encode("utf-8")
-        atomic_write(path, lambda f: f.write(text))
+                if os.write(fd, line) != len(line):
+                    raise OSError(f"short write to {str(path)!r}")
+            except BaseException:
+                os.ftruncate(fd, before)
+                raise
+        finally:
+            os.close(fd)
+
+    def _metrics_bytes(self) -> int:
+        path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+        return path.stat().st_size if path is not None and path.is_file() else 0
+
+    def _truncate_log(self, size: int) -> None:
+        """Cut ``metrics.jsonl`` back to ``size`` bytes, its length when the resumed checkpoint was
+        written: the records of the steps taken after it (and any line cut short) go, the others stay."""
+        path = None if self.out_dir is None else self.out_dir / "metrics.jsonl"
+        if not self.is_main or path is None or not path.is_file() or path.stat().st_size <= size:
+            return
+        with open(path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
 
     def state(self) -> tuple[dict[str, dict[str, Tensor]], dict[str, Any]]:
         """Everything needed to resume: ``(tensor groups, JSON state)`` for :func:`save_checkpoint`.
@@ -446,6 +538,8 @@ class Trainer:
             "best": {"val_bpd": self.best_val, "step": self.best_step},
             "metrics": self.last_metrics,
             "world_size": self.world_size,
+            "metrics_bytes": dd.broadcast_object(self._metrics_bytes()),
+            "log_window": [float(self._window[0]), float(self._window[1]), int(self._window[2])],
         }
         return groups, state
 
@@ -453,25 +547,28 @@ class Trainer:
         """Restore :meth:`state` output (model, EMA, optimizer, RNGs, step, best weights).
 
         Raises:
-            ValueError: the checkpoint is not a training checkpoint, or its tensors do not fit the model.
+            ValueError: the checkpoint is not a training checkpoint, lacks a tensor file, or its tensors
+                do not fit the model or the optimizer (the message names the file).
         """
         if state.get("format") != "diffscore.train":
             raise ValueError(
                 "not a diffscore training checkpoint (state.json has no format 'diffscore.train')"
             )
-        for name in ("model", "ema"):
+        for name in ("model", "ema", "optimizer"):
             if name not in groups:
                 raise ValueError(f"checkpoint has no {name}.safetensors")
+        if state["best"]["step"] >= 0 and "best_ema" not in groups:
+            raise ValueError("checkpoint has no best_ema.safetensors but records a best step")
+        optimizer = optimizer_state_from_tensors(groups["optimizer"], state["optimizer"])
+        self._check_optimizer_state(optimizer)
         try:
             self.model.load_state_dict(groups["model"])
             self.ema.load_state_dict(groups["ema"])
             if "best_ema" in groups:
                 self.best_state = {k: v.to(self.device) for k, v in groups["best_ema"].items()}
                 self.best_model()  # checks that the tensors fit
-            self.optimizer.load_state_dict(
-                optimizer_state_from_tensors(groups.get("optimizer", {}), state["optimizer"])
-            )
-        except RuntimeError as err:
+            self.optimizer.load_state_dict(optimizer)
+        except (RuntimeError, KeyError, ValueError) as err:
             raise ValueError(f"checkpoint does not fit the model of its config: {err}") from err
         rng = state["rng"]
         set_generator_state(self.noise_generator, rng["noise"])
@@ -490,7 +587,34 @@ class Trainer:
             torch.manual_seed(dd.sample_seed(self._seed(2), self.step, self.rank))
         self.best_val, self.best_step = state["best"]["val_bpd"], int(state["best"]["step"])
         self.last_metrics = dict(state.get("metrics", {}))
-        self._truncate_log(self.step)
+        if "metrics_bytes" in state:
+            self._truncate_log(int(state["metrics_bytes"]))
+        loss_sum, norm_sum, count = state.get("log_window", (0.0, 0.0, 0))
+        if count:  # the sums were tensors of the model's dtype: they go on as such
+            loss_sum, norm_sum = (
+                torch.tensor(v, dtype=self.dtype, device=self.device) for v in (loss_sum, norm_sum)
+            )
+        self._window = [loss_sum, norm_sum, int(count)]
+
+    def _check_optimizer_state(self, optimizer: dict[str, Any]) -> None:
+        """Refuse an optimizer state whose tensors do not fit the parameters (torch would fail only at
+        the next step)."""
+        params = list(self.model.parameters())
+        sizes = [len(g.get("params", ())) for g in optimizer["param_groups"]]
+        if sizes != [len(g["params"]) for g in self.optimizer.param_groups]:
+            raise ValueError(f"optimizer.safetensors has parameter groups of {sizes}; the model needs others")
+        for pid, entries in optimizer["state"].items():
+            if not 0 <= pid < len(params):
+                raise ValueError(f"optimizer.safetensors has a state for parameter {pid} of {len(params)}")
+            for key, value in entries.items():
+                if not isinstance(value, Tensor):
+                    continue
+                want = tuple(params[pid].shape)
+                if value.numel() != 1 if key == "step" else tuple(value.shape) != want:
+                    raise ValueError(
+                        f"optimizer.safetensors: state.{pid}.{key} has shape {tuple(value.shape)}, "
+                        f"the parameter needs {want}"
+                    )
 
     def save_checkpoint(self) -> Path | None:
         """Write ``<out>/checkpoints/step_<step>`` atomically and delete all but the newest
@@ -502,17 +626,25 @@ class Trainer:
         path = None
         if self.is_main:
             root = self.out_dir / "checkpoints"
-            path = save_checkpoint(root / f"step_{self.step:08d}", groups, state)
+            path = save_checkpoint(claim(root / f"step_{self.step:08d}"), groups, state)
             for old in list_checkpoints(root)[: -self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+                remove_owned(old)  # renamed away first: never a half-deleted checkpoint under its name
         dd.barrier()
         return path
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, out_dir: str | os.PathLike | None = None, **kwargs: Any
+        cls,
+        path: str | os.PathLike,
+        out_dir: str | os.PathLike | None = None,
+        *,
+        config: TrainConfig | None = None,
+        **kwargs: Any,
     ) -> Trainer:
-        """A trainer restored from the checkpoint directory ``path`` (its config comes from the checkpoint).
+        """A trainer restored from the checkpoint directory ``path``.
+
+        Its config is the checkpoint's, or ``config`` where that changes only resumable fields
+        (:func:`~diffscore.training.config.resumed_config`: e.g. more ``steps``).
 
         ``kwargs`` go to the constructor (device, dtype, data, progress, bf16). Under torch.distributed
         every process calls it with the same ``path`` (on a file system they share), with any number of
@@ -522,9 +654,12 @@ class Trainer:
             FileNotFoundError: missing checkpoint. ValueError: corrupt or mismatched checkpoint.
         """
         groups, state = load_checkpoint(path)
-        if "config" not in state:
-            raise ValueError(f"{str(path)!r}: state.json has no config")
-        trainer = cls(TrainConfig.from_dict(state["config"]), out_dir, **kwargs)
+        saved = TrainConfig.from_dict(state["config"])
+        if state["step"] > saved.steps:
+            where = str(Path(path) / "state.json")
+            raise ValueError(f"{where!r}: step {state['step']} lies beyond the run's {saved.steps} steps")
+        config = resumed_config(saved, config, state["step"])
+        trainer = cls(config, out_dir, **kwargs)
         trainer.load_state(
             {k: {n: t.to(trainer.device) for n, t in g.items()} for k, g in groups.items()}, state
         )
@@ -552,5 +687,5 @@ class Trainer:
         if directory is None:
             if self.out_dir is None:
                 raise ValueError("export needs a directory when the trainer has no out_dir")
-            directory = self.out_dir / "model"
+            directory = claim(self.out_dir / "model")
         return self.best_model().save_pretrained(directory, metadata=self.metadata())
