@@ -1,23 +1,54 @@
 """diffscore: score-based generative modeling with SDEs (Song & Ermon 2019; Song et al. 2021).
 
-The math core (SDEs, scores, dynamics, likelihood, samplers, controllable generation, losses, networks)
-is imported with the package; the layers above it (``ds.data``, ``ds.evaluation``, ``ds.training``,
-``ds.cli``) and the utilities ``ds.io`` and ``ds.distributed`` are imported on first use.
+``import diffscore as ds`` is instant: every name below and every subpackage (``ds.data``,
+``ds.evaluation``, ``ds.training``, ``ds.nets``, ...) is imported on first use (PEP 562), so a command
+interrupted while torch loads stops with one line, and a script pays only for what it uses.
 docs/architecture.md describes the layers.
 """
 
-import importlib
-from typing import Any
+from __future__ import annotations
 
-from . import losses, nets, oracles, perf, sampling
-from .controllable import colorize, conditional_score, inpaint
-from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
-from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
-from .sampling import annealed_langevin, sample
-from .score import ScoreModel
-from .sde import SDE, VESDE, VPSDE, SubVPSDE
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: Public names -> the module that defines them.
+_NAMES = {
+    "sde": ("SDE", "VESDE", "VPSDE", "SubVPSDE"),
+    "score": ("ScoreModel",),
+    "dynamics": ("ForwardSDE", "ReverseSDE", "ProbabilityFlowODE", "LikelihoodODE"),
+    "likelihood": (
+        "encode",
+        "decode",
+        "log_likelihood",
+        "bits_per_dim",
+        "LikelihoodResult",
+        "BitsPerDimResult",
+    ),
+    "sampling": ("sample", "annealed_langevin"),
+    "controllable": ("inpaint", "colorize", "conditional_score"),
+}
+_HOME = {name: module for module, names in _NAMES.items() for name in names}
+#: Subpackages and modules reachable as attributes.
+_MODULES = (
+    "sde",
+    "score",
+    "oracles",
+    "dynamics",
+    "likelihood",
+    "sampling",
+    "controllable",
+    "losses",
+    "nets",
+    "perf",
+    "data",
+    "evaluation",
+    "training",
+    "cli",
+    "io",
+    "distributed",
+)
 
 __all__ = [
     "SDE",
@@ -29,13 +60,17 @@ __all__ = [
     "ReverseSDE",
     "ProbabilityFlowODE",
     "LikelihoodODE",
-    "sample",
     "encode",
     "decode",
     "log_likelihood",
     "bits_per_dim",
     "LikelihoodResult",
     "BitsPerDimResult",
+    "sample",
+    "annealed_langevin",
+    "inpaint",
+    "colorize",
+    "conditional_score",
     "oracles",
     "losses",
     "nets",
@@ -47,21 +82,29 @@ __all__ = [
     "cli",
     "io",
     "distributed",
-    "annealed_langevin",
-    "inpaint",
-    "colorize",
-    "conditional_score",
 ]
-
-#: Subpackages imported on first attribute access (PEP 562), so ``import diffscore`` stays light.
-_LAZY = ("data", "evaluation", "training", "cli", "io", "distributed")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'diffscore' has no attribute {name!r}")
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'diffscore' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from . import cli, data, distributed, evaluation, io, losses, nets, oracles, perf, sampling, training
+    from .controllable import colorize, conditional_score, inpaint
+    from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
+    from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
+    from .sampling import annealed_langevin, sample
+    from .score import ScoreModel
+    from .sde import SDE, VESDE, VPSDE, SubVPSDE

@@ -15,6 +15,52 @@ and ``bpd`` and ``sample`` split their images over the processes; only the main 
 writes files (docs/distributed.md).
 """
 
-from .app import build_parser, main
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``diffscore`` command; returns the exit status (0 success, 2 an error, 130 interrupted).
+
+    The command's modules (and torch) are imported here, inside the handler of Ctrl-C, so an interrupt
+    while they load ends with one line too.
+    """
+    interrupted = []
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:
+        from .app import run
+    except BaseException:
+        # an interrupt inside a library's import can surface as another error (a module left half
+        # initialised): whatever it became, it was the interrupt
+        if not interrupted:
+            raise
+        print("diffscore: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return run(argv)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``diffscore`` command."""
+    from .app import build_parser as build
+
+    return build()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,19 +12,38 @@ import torch
 from torch import Tensor
 
 from .. import distributed as dd
-from ..io import read_json
+from ..io import check_output, read_json
 from ..score import ScoreModel
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    """``--device``, ``--dtype`` and ``--threads``: where and how a command computes."""
-    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def add_runtime_args(p: argparse.ArgumentParser, progress: bool = False) -> None:
+    """``--device``, ``--dtype`` and ``--threads`` (where and how a command computes), and with
+    ``progress`` the ``--no-progress`` switch."""
+    p.add_argument(
+        "--device", default=None, help="torch device: cpu, cuda, cuda:<index> or mps (default cpu)"
+    )
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for torch (default 1, see docs/cli.md)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads for torch (default 1, see docs/cli.md)",
     )
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_model_arg(p: argparse.ArgumentParser) -> None:
@@ -33,11 +52,13 @@ def add_model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Set torch's CPU thread count (``--threads``; default 1)."""
-    threads = 1 if args.threads is None else args.threads
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
+    """Check ``--device`` (before any work) and set torch's CPU thread count (``--threads``; default 1)."""
+    if getattr(args, "device", None) is not None:
+        try:
+            dd.check_device(args.device)
+        except ValueError as err:
+            raise ValueError(f"--device: {err}") from None
+    torch.set_num_threads(1 if getattr(args, "threads", None) is None else args.threads)
 
 
 def model_dir(path: str) -> Path:
@@ -77,15 +98,35 @@ def data_info(metadata: dict[str, Any]) -> tuple[int, tuple[float, float]]:
     return num_bins, (float(lo), float(hi))
 
 
-def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input") -> Tensor:
-    """Raise ValueError naming ``flag`` unless ``x`` is a float (B, *image_shape) batch for this model."""
+def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input", data: bool = True) -> Tensor:
+    """Raise ValueError naming ``flag`` unless ``x`` is a float (B, *image_shape) batch for this model,
+    with finite entries and, for ``data`` (not latents), values inside the model's data range (up to a
+    tenth of its width: dequantized data lie inside it, samples slightly outside)."""
     shape = tuple(metadata.get("image_shape") or ())
     if not x.is_floating_point():
         raise ValueError(f"{flag} must hold floating-point data in the model's range, got {x.dtype}")
-    if shape and tuple(x.shape[1:]) != shape:
-        want = ", ".join(map(str, shape))
+    if x.ndim < 2 or x.shape[0] == 0 or (shape and tuple(x.shape[1:]) != shape):
+        want = ", ".join(map(str, shape)) if shape else "..."
         raise ValueError(f"{flag} must hold a batch shaped (B, {want}), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{flag} holds NaN or inf")
+    if data:
+        _, (lo, hi) = data_info(metadata)
+        slack = 0.1 * (hi - lo)
+        if float(x.min()) < lo - slack or float(x.max()) > hi + slack:
+            raise ValueError(
+                f"{flag} holds values in [{float(x.min()):g}, {float(x.max()):g}] but the model's data lie "
+                f"in [{lo:g}, {hi:g}]; scale the images to that range (e.g. x / 127.5 - 1 for 8-bit images)"
+            )
     return x
+
+
+def check_outputs(pairs: Sequence[tuple[str | None, Sequence[str], str]]) -> None:
+    """Check every output path of a command before it starts working: ``(path or None, suffixes, flag)``
+    (:func:`diffscore.io.check_output`: the right suffix, and absent or written by diffscore)."""
+    for path, suffixes, flag in pairs:
+        if path is not None:
+            check_output(path, suffixes, flag)
 
 
 def print_stats(label: str, stats: dict[str, Any]) -> None:

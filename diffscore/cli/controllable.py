@@ -17,11 +17,20 @@ import torch
 
 from ..controllable import classifier_log_prob, colorize, conditional_score, inpaint
 from ..data import bin_centers, make_mask, quantize, save_image_grid
+from ..evaluation.progress import SolveProgress
 from ..io import read_tensor, write_tensors
 from ..nets.classifier import load_classifier, save_classifier
 from ..sampling import sample
 from ..training import TrainConfig, classifier_accuracy, load_splits, train_classifier
-from .common import add_model_arg, add_runtime_args, check_images, data_info, load_model
+from .common import (
+    add_model_arg,
+    add_runtime_args,
+    check_images,
+    check_outputs,
+    data_info,
+    load_model,
+    positive_int,
+)
 
 #: PC settings of ``--method``: "pc" (reverse-diffusion predictor + Langevin corrector, Song et al.
 #: 2021 Algorithm 1) and "sde" (the same predictor, no corrector).
@@ -50,15 +59,19 @@ def _image_shape(metadata: dict[str, Any]) -> tuple[int, ...]:
     return shape
 
 
-def _tensors_path(args: argparse.Namespace) -> Path:
+def _outputs(args: argparse.Namespace) -> Path:
+    """Check ``--out`` (PNG) and ``--tensors`` before any work; returns the tensors path."""
     p = Path(args.tensors) if args.tensors else Path(args.out).with_suffix(".safetensors")
-    if p.suffix != ".safetensors":
-        raise ValueError(f"--tensors must end in .safetensors, got {str(p)!r}")
+    check_outputs([(args.out, (".png",), "--out"), (str(p), (".safetensors",), "--tensors")])
     return p
 
 
-def run_inpaint(args: argparse.Namespace) -> int:
+def _progress(args: argparse.Namespace, label: str) -> SolveProgress:
+    return SolveProgress(label, enabled=not args.no_progress)
 
+
+def run_inpaint(args: argparse.Namespace) -> int:
+    tensors_path = _outputs(args)
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
     p = next(iter(model.parameters()))
@@ -74,15 +87,15 @@ def run_inpaint(args: argparse.Namespace) -> int:
     gen = torch.Generator(p.device).manual_seed(args.seed)
     stats: dict[str, Any] = {}
     start = time.perf_counter()
-    with torch.no_grad():
-        out = inpaint(model.sde, model, x, mask, generator=gen, stats=stats, **_pc_options(args))
+    with torch.no_grad(), _progress(args, "inpaint") as bar:
+        out = inpaint(model.sde, bar.wrap(model), x, mask, generator=gen, stats=stats, **_pc_options(args))
     known = torch.broadcast_to(mask.bool(), x.shape)
     middle = 0.5 * (data_range[0] + data_range[1])  # hidden pixels shown mid-gray
     masked = torch.where(known, x, torch.full_like(x, middle))
     rows = torch.cat([x, masked, out]).cpu()
     grid = save_image_grid(quantize(rows, num_bins, data_range), args.out, nrow=x.shape[0], num_bins=num_bins)
     tensors = write_tensors(
-        _tensors_path(args), {"original": x, "mask": torch.broadcast_to(mask, x.shape), "inpainted": out}
+        tensors_path, {"original": x, "mask": torch.broadcast_to(mask, x.shape), "inpainted": out}
     )
     print(
         f"inpainted {x.shape[0]} images ({args.mask}, {stats['nfe']} NFE, "
@@ -93,7 +106,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
 
 def run_colorize(args: argparse.Namespace) -> int:
-
+    tensors_path = _outputs(args)
     model, metadata = load_model(args)
     shape = _image_shape(metadata)
     if shape[0] != 3:
@@ -109,17 +122,19 @@ def run_colorize(args: argparse.Namespace) -> int:
         )
     weights = [float(w) for w in args.weights.split(",")]
     gen = torch.Generator(p.device).manual_seed(args.seed)
-    with torch.no_grad():
-        rgb = colorize(model.sde, model, gray, weights, generator=gen, **_pc_options(args))
+    with torch.no_grad(), _progress(args, "colorize") as bar:
+        rgb = colorize(model.sde, bar.wrap(model), gray, weights, generator=gen, **_pc_options(args))
     rows = torch.cat([gray.expand(-1, 3, -1, -1), rgb]).cpu()
     grid = save_image_grid(rows, args.out, nrow=gray.shape[0], data_range=data_range)
-    tensors = write_tensors(_tensors_path(args), {"gray": gray, "colorized": rgb})
+    tensors = write_tensors(tensors_path, {"gray": gray, "colorized": rgb})
     print(f"colorized {gray.shape[0]} images: wrote {grid} (rows: gray, colorized) and {tensors}")
     return 0
 
 
 def run_classifier_train(args: argparse.Namespace) -> int:
-
+    check_outputs(
+        [(str(Path(args.out) / name), (), "--out") for name in ("classifier.safetensors", "config.json")]
+    )
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
     splits = load_splits(_train_config(metadata))
@@ -166,7 +181,7 @@ def _parse_labels(text: str, num_classes: int) -> list[int]:
 
 
 def run_conditional(args: argparse.Namespace) -> int:
-
+    tensors_path = _outputs(args)
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
     shape = _image_shape(metadata)
@@ -180,10 +195,10 @@ def run_conditional(args: argparse.Namespace) -> int:
     gen = torch.Generator(p.device).manual_seed(args.seed)
     stats: dict[str, Any] = {}
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), _progress(args, "conditional") as bar:
         x = sample(
             model.sde,
-            score,
+            bar.wrap(score),
             (y.shape[0], *shape),
             "pc",
             gen,
@@ -196,7 +211,7 @@ def run_conditional(args: argparse.Namespace) -> int:
     grid = save_image_grid(
         quantize(x.cpu(), num_bins, data_range), args.out, nrow=args.num, num_bins=num_bins
     )
-    tensors = write_tensors(_tensors_path(args), {"samples": x, "labels": y})
+    tensors = write_tensors(tensors_path, {"samples": x, "labels": y})
     print(
         f"{y.shape[0]} samples of classes {labels} (scale {args.scale:g}, "
         f"{time.perf_counter() - start:.1f} s): "
@@ -206,9 +221,9 @@ def run_conditional(args: argparse.Namespace) -> int:
 
 
 # ---- the parsers ------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, progress: bool = True) -> None:
     add_model_arg(p)
-    add_runtime_args(p)
+    add_runtime_args(p, progress)
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -216,11 +231,13 @@ def _sampler_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument(
         "--method", default="pc", choices=sorted(_METHODS), help="pc (with corrector) or sde (none)"
     )
-    p.add_argument("--steps", type=int, default=steps, help=f"predictor steps N (default {steps})")
+    p.add_argument("--steps", type=positive_int, default=steps, help=f"predictor steps N (default {steps})")
     p.add_argument("--predictor", default=None, help="reverse_diffusion, euler_maruyama, ancestral, none")
     p.add_argument("--corrector", default=None, help="langevin, annealed_langevin, none")
     p.add_argument("--snr", type=float, default=0.16, help="corrector signal-to-noise ratio (default 0.16)")
-    p.add_argument("--corrector-steps", type=int, default=1, help="corrector steps M per step (default 1)")
+    p.add_argument(
+        "--corrector-steps", type=positive_int, default=1, help="corrector steps M per step (default 1)"
+    )
     p.add_argument("--out", required=True, help="PNG grid")
     p.add_argument(
         "--tensors", default=None, help=".safetensors for the raw tensors (default: next to --out)"
@@ -239,7 +256,7 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--input", default=None, help=".safetensors / .pt images (float data, or integer bins)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
-    p.add_argument("--num", type=int, default=16, help="images of --split (without --input)")
+    p.add_argument("--num", type=positive_int, default=16, help="images of --split (without --input)")
     _sampler_args(p, 500)
     _common(p)
     p.set_defaults(func=run_inpaint)
@@ -255,11 +272,11 @@ def add_commands(subparsers: Any) -> None:
     csub = p.add_subparsers(dest="classifier_command", required=True, metavar="ACTION")
     q = csub.add_parser("train", help="train classifier(x, t) on the model's labelled data under its SDE")
     q.add_argument("--out", required=True, help="output directory (classifier.safetensors, config.json)")
-    q.add_argument("--steps", type=int, default=2000)
-    q.add_argument("--batch-size", type=int, default=128)
+    q.add_argument("--steps", type=positive_int, default=2000)
+    q.add_argument("--batch-size", type=positive_int, default=128)
     q.add_argument("--lr", type=float, default=1e-3)
-    q.add_argument("--hidden", type=int, default=256)
-    _common(q)
+    q.add_argument("--hidden", type=positive_int, default=256)
+    _common(q, progress=False)
     q.set_defaults(func=run_classifier_train)
 
     p = subparsers.add_parser(
@@ -267,7 +284,7 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--classifier", required=True, help="directory written by `diffscore classifier train`")
     p.add_argument("--label", required=True, help="class, or comma-separated classes (one grid row each)")
-    p.add_argument("--num", type=int, default=8, help="samples per class")
+    p.add_argument("--num", type=positive_int, default=8, help="samples per class")
     p.add_argument("--scale", type=float, default=1.0, help="guidance scale (1: exact conditional score)")
     _sampler_args(p, 500)
     _common(p)

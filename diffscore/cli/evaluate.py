@@ -9,7 +9,16 @@ from typing import Any
 from ..evaluation import evaluate_bpd, summarize
 from ..io import write_tensor
 from ..training import TrainConfig, load_splits
-from .common import add_model_arg, add_runtime_args, data_info, distributed, load_model, print_stats
+from .common import (
+    add_model_arg,
+    add_runtime_args,
+    check_outputs,
+    data_info,
+    distributed,
+    load_model,
+    positive_int,
+    print_stats,
+)
 
 
 def run_bpd(args: argparse.Namespace) -> int:
@@ -32,6 +41,7 @@ def _data_config(args: argparse.Namespace, metadata: dict[str, Any]) -> TrainCon
 
 
 def _bpd(args: argparse.Namespace, main: bool) -> int:
+    check_outputs([(args.output, (".safetensors", ".pt"), "--output")])
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
     config = _data_config(args, metadata)
@@ -79,12 +89,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--atol", type=float, default=1e-5)
     p.add_argument("--eps", type=float, default=None, help="likelihood eps (default: the model's)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=positive_int, default=512)
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantization noise and probes")
     p.add_argument("--dataset", default=None, help="override the model's dataset")
     p.add_argument("--data-root", default=None)
     p.add_argument("--output", default=None, help="write the per-image bits/dim (.safetensors or .pt)")
-    p.add_argument("--no-progress", action="store_true")
-    add_runtime_args(p)
+    add_runtime_args(p, progress=True)
     p.set_defaults(func=run_bpd)

@@ -12,10 +12,21 @@ import torch
 
 from ..data import quantize, save_image_grid
 from ..evaluation import generate_samples
+from ..evaluation.progress import SolveProgress
 from ..io import read_tensor, write_tensor
 from ..likelihood import decode, encode
 from ..training import parse_value
-from .common import DTYPES, add_model_arg, add_runtime_args, check_images, data_info, distributed, load_model
+from .common import (
+    DTYPES,
+    add_model_arg,
+    add_runtime_args,
+    check_images,
+    check_outputs,
+    data_info,
+    distributed,
+    load_model,
+    positive_int,
+)
 
 
 def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,8 +54,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace, main: bool) -> int:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tensors = Path(args.tensors) if args.tensors else Path(args.out).with_suffix(".safetensors")
+    check_outputs([(args.out, (".png",), "--out"), (str(tensors), (".safetensors", ".pt"), "--tensors")])
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
     shape = tuple(metadata.get("image_shape") or ())
@@ -61,13 +72,13 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
         args.method,
         args.seed,
         batch_size=args.batch_size,
+        progress=main and not args.no_progress,
         **options,
     )
     if not main:
         return 0
-    out = Path(args.out)
-    grid = save_image_grid(x_int, out, nrow=args.nrow or math.ceil(math.sqrt(args.num)), num_bins=num_bins)
-    tensors = Path(args.tensors) if args.tensors else out.with_suffix(".safetensors")
+    nrow = args.nrow or math.ceil(math.sqrt(args.num))
+    grid = save_image_grid(x_int, args.out, nrow=nrow, num_bins=num_bins)
     write_tensor(tensors, x, "samples")
     print(
         f"{args.num} samples ({args.method}) in {time.perf_counter() - start:.1f} s: "
@@ -80,27 +91,33 @@ def _flow_args(args: argparse.Namespace) -> dict[str, Any]:
     return dict(eps=args.eps, rtol=args.rtol, atol=args.atol, method=args.method)
 
 
+def _solve(args: argparse.Namespace, model: Any, flow: Any, x: torch.Tensor, label: str) -> tuple[Any, int]:
+    """``flow`` (encode or decode) of ``x`` under ``model`` with a progress bar; returns (result, NFE)."""
+    stats: dict[str, Any] = {}
+    with torch.no_grad(), SolveProgress(label, enabled=not args.no_progress) as bar:
+        out = flow(model.sde, bar.wrap(model), x, stats=stats, **_flow_args(args))
+    return out, stats["nfe"]
+
+
 def run_encode(args: argparse.Namespace) -> int:
+    check_outputs([(args.output, (".safetensors", ".pt"), "--output")])
     model, metadata = load_model(args)
     x = read_tensor(args.input, ("x", "samples", "data"))
     x = check_images(x, metadata).to(args.device or "cpu", DTYPES[args.dtype])
-    stats: dict[str, Any] = {}
-    with torch.no_grad():
-        z = encode(model.sde, model, x, stats=stats, **_flow_args(args))
+    z, nfe = _solve(args, model, encode, x, "encode")
     path = write_tensor(args.output, z, "z")
-    print(f"encoded {x.shape[0]} inputs ({stats['nfe']} NFE): wrote {path}")
+    print(f"encoded {x.shape[0]} inputs ({nfe} NFE): wrote {path}")
     return 0
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    check_outputs([(args.output, (".safetensors", ".pt"), "--output"), (args.png, (".png",), "--png")])
     model, metadata = load_model(args)
     z = read_tensor(args.input, ("z", "latents"))
-    z = check_images(z, metadata).to(args.device or "cpu", DTYPES[args.dtype])
-    stats: dict[str, Any] = {}
-    with torch.no_grad():
-        x = decode(model.sde, model, z, stats=stats, **_flow_args(args))
+    z = check_images(z, metadata, data=False).to(args.device or "cpu", DTYPES[args.dtype])
+    x, nfe = _solve(args, model, decode, z, "decode")
     path = write_tensor(args.output, x, "x")
-    print(f"decoded {z.shape[0]} latents ({stats['nfe']} NFE): wrote {path}")
+    print(f"decoded {z.shape[0]} latents ({nfe} NFE): wrote {path}")
     if args.png:
         num_bins, data_range = data_info(metadata)
         grid = save_image_grid(quantize(x.cpu(), num_bins, data_range), args.png, num_bins=num_bins)
@@ -112,25 +129,29 @@ def add_commands(sub: Any) -> None:
     """Register ``sample``, ``encode`` and ``decode`` on the subparsers of the ``diffscore`` parser."""
     p = sub.add_parser("sample", help="draw samples: a PNG grid and the raw tensors")
     add_model_arg(p)
-    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--num", type=positive_int, default=64, help="number of samples")
     p.add_argument("--method", default="ode", help="ode, sde, pc, heun, dpm_solver, sde_adaptive")
-    p.add_argument("--steps", type=int, default=None, help="num_steps of fixed-step methods")
+    p.add_argument("--steps", type=positive_int, default=None, help="num_steps of fixed-step methods")
     p.add_argument("--rtol", type=float, default=None, help="ode / adaptive tolerance")
     p.add_argument("--atol", type=float, default=None)
     p.add_argument("--eps", type=float, default=None, help="end time (default 1e-3 VP, 1e-5 VE)")
     p.add_argument("--predictor", default=None, help="pc: euler_maruyama, reverse_diffusion, ancestral, none")
     p.add_argument("--corrector", default=None, help="pc: langevin, annealed_langevin, none")
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
-    p.add_argument("--corrector-steps", type=int, default=None, help="pc: corrector steps per noise level")
+    p.add_argument(
+        "--corrector-steps", type=positive_int, default=None, help="pc: corrector steps per noise level"
+    )
     p.add_argument("--option", action="append", metavar="KEY=VALUE", help="other sampler options")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None, help="samples per solve (default: all at once)")
-    p.add_argument("--nrow", type=int, default=None)
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="samples per solve (default: all at once)"
+    )
+    p.add_argument("--nrow", type=positive_int, default=None)
     p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
     p.add_argument(
         "--tensors", default=None, help=".safetensors or .pt for the raw samples (default: next to --out)"
     )
-    add_runtime_args(p)
+    add_runtime_args(p, progress=True)
     p.set_defaults(func=run_sample)
 
     for name, doc, func in (
@@ -152,5 +173,5 @@ def add_commands(sub: Any) -> None:
         )
         if name == "decode":
             p.add_argument("--png", default=None, help="also write the decoded images as a PNG grid")
-        add_runtime_args(p)
+        add_runtime_args(p, progress=True)
         p.set_defaults(func=func)

@@ -12,12 +12,12 @@ import math
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import distributed as dd
 from ..data import gaussian_moments
 from ..likelihood import bits_per_dim
 from ..score import ScoreModel
+from .progress import SolveProgress
 
 __all__ = ["evaluate_bpd", "gaussian_baseline_bpd", "summarize"]
 
@@ -69,7 +69,8 @@ def evaluate_bpd(
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
     n = x_int.shape[0]
     mine = dd.shard_batches(n, batch_size) if shard else dd.shard_batches(n, batch_size, 0, 1)
-    bar = tqdm(total=sum(len(b) for b in mine), desc=desc, disable=not progress, leave=False)
+    bar = SolveProgress(desc, sum(len(b) for b in mine), progress)
+    score = bar.wrap(model)
     nfe = 0
 
     def batch_bpd(indices: range) -> Tensor:
@@ -78,7 +79,7 @@ def evaluate_bpd(
         gens = [torch.Generator(device).manual_seed(seed + i) for i in indices]
         res = bits_per_dim(
             model.sde,
-            model,
+            score,
             chunk,
             num_bins=num_bins,
             data_range=data_range,
@@ -91,7 +92,7 @@ def evaluate_bpd(
             method=method,
         )
         nfe += res.nfe
-        bar.update(len(indices))
+        bar.advance(len(indices))
         return res.bpd.detach().cpu()
 
     if shard:

@@ -11,6 +11,7 @@ from .. import distributed as dd
 from ..data import quantize
 from ..sampling import sample
 from ..score import ScoreModel
+from .progress import SolveProgress
 
 __all__ = ["generate_samples"]
 
@@ -26,6 +27,7 @@ def generate_samples(
     *,
     batch_size: int | None = None,
     shard: bool = True,
+    progress: bool = False,
     **options: Any,
 ) -> tuple[Tensor, Tensor]:
     """Draw ``num`` samples with :func:`diffscore.sample` and quantize them to bins.
@@ -40,6 +42,7 @@ def generate_samples(
     Args:
         batch_size: samples per :func:`diffscore.sample` call (default: all ``num`` at once).
         shard: split the work over the processes of a running process group.
+        progress: show a progress bar (samples done, NFE of the current solve).
         options: passed to :func:`diffscore.sample`.
 
     Returns:
@@ -47,12 +50,14 @@ def generate_samples(
         (:func:`diffscore.data.quantize`) in {0, ..., num_bins - 1}, both on the CPU.
     """
     p = next(iter(model.parameters()))
+    bar = SolveProgress(f"sampling ({method})", num, progress)
+    score = bar.wrap(model)
 
     def draw(indices: range) -> Tensor:
         with torch.no_grad():
             x = sample(
                 model.sde,
-                model,
+                score,
                 (len(indices), *image_shape),
                 method,
                 generator=dd.sample_generators(seed, indices, p.device),
@@ -60,11 +65,13 @@ def generate_samples(
                 dtype=p.dtype,
                 **options,
             )
+        bar.advance(len(indices))
         return x.detach().cpu()
 
     batch = num if batch_size is None else batch_size
-    if shard:
-        x = dd.map_sharded(draw, num, batch)
-    else:
-        x = torch.cat([draw(b) for b in dd.shard_batches(num, batch, 0, 1)])
+    with bar:
+        if shard:
+            x = dd.map_sharded(draw, num, batch)
+        else:
+            x = torch.cat([draw(b) for b in dd.shard_batches(num, batch, 0, 1)])
     return x, quantize(x, num_bins, data_range)
