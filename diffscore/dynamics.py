@@ -178,6 +178,12 @@ class LikelihoodODE(nn.Module):
     ``divergence="exact"`` contracts D one-hot cotangents (``is_grads_batched``, in chunks of
     ``chunk_size``), ``"hutchinson"`` contracts the fixed probes ``probes`` (P, B, *shape):
     ``div v ~ mean_p eps_p^T J eps_p`` (Hutchinson 1989), unbiased.
+
+    A batched VJP over c cotangents holds about c times the activations that the forward pass saves
+    for backward. With ``chunk_size=None`` the first evaluation measures those bytes (a saved-tensors
+    hook) and takes ``c = memory_budget // bytes`` (at least 1, at most D): 3x32x32 images under a
+    small U-Net in batches of 8 then stay under 1 GB instead of the 11 GB of one chunk of D = 3072
+    (benchmarks/bench_memory.py), while a small MLP on 8x8 digits still takes all D at once.
     """
 
     def __init__(
@@ -187,6 +193,7 @@ class LikelihoodODE(nn.Module):
         divergence: str,
         probes: Tensor | None = None,
         chunk_size: int | None = None,
+        memory_budget: int = 512 * 2**20,
     ) -> None:
         super().__init__()
         self.flow = flow
@@ -194,7 +201,8 @@ class LikelihoodODE(nn.Module):
         self.dim = math.prod(self.shape)
         self.divergence = divergence
         self.probes = probes
-        self.chunk_size = chunk_size or self.dim
+        self.chunk_size = chunk_size
+        self.memory_budget = int(memory_budget)
 
     @property
     def nfe(self) -> int:
@@ -223,7 +231,18 @@ class LikelihoodODE(nn.Module):
         tt = t.to(state).clamp(self.flow.t_min, self.flow.sde.T).expand(b)
         with torch.enable_grad():
             x = state[:, : self.dim].detach().reshape((b,) + self.shape).requires_grad_(True)
-            v = self.flow.velocity(x, tt)
+            if self.divergence == "exact" and self.chunk_size is None:
+                saved = [0]
+
+                def pack(tensor: Tensor) -> Tensor:
+                    saved[0] += tensor.numel() * tensor.element_size()
+                    return tensor
+
+                with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                    v = self.flow.velocity(x, tt)
+                self.chunk_size = max(1, min(self.dim, self.memory_budget // max(1, saved[0])))
+            else:
+                v = self.flow.velocity(x, tt)
             div = self._exact_div(v, x) if self.divergence == "exact" else self._hutchinson_div(v, x)
         check_finite("divergence", div, tt)
         return torch.cat([v.detach().reshape(b, -1), div.detach()[:, None]], dim=1)

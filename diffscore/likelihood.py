@@ -179,6 +179,9 @@ def log_likelihood(
     Args:
         divergence: "exact" (D batched vector-Jacobian products per step, in chunks of ``chunk_size``;
             for small D) or "hutchinson" (``n_probes`` probes, drawn once and fixed for the solve).
+        chunk_size: one-hot cotangents per batched VJP of the exact divergence; None picks the most
+            that fit in 512 MiB of saved activations (measured on the first evaluation,
+            :class:`~diffscore.dynamics.LikelihoodODE`).
         probe: "rademacher" or "gaussian" (Hutchinson only).
         generator: torch.Generator or a list of B of them, for the probes.
         rtol, atol, method, options: passed to ``torchdiffeq.odeint``; adaptive methods use a per-sample

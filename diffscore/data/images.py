@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..io import atomic_write
+from ..io import atomic_write, check_output
 from ._validate import DataRange, check_bins, check_count, check_float, check_num_bins, check_range
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageData", "load_image_folder", "save_image_grid"]
@@ -34,14 +34,15 @@ class ImageData:
     """Integer images with their labels and the number of gray levels per channel.
 
     Attributes:
-        images: uint8 tensor (N, C, H, W) of bin indices in {0, ..., num_bins - 1}.
+        images: (N, C, H, W) bin indices in {0, ..., num_bins - 1}: uint8 for up to 256 bins, int32
+            for more (16-bit images: 65536 bins).
         labels: int64 tensor (N,) of class indices into ``classes``, or None for unlabelled data.
         num_bins: number of intensity levels per channel (17 for the 8x8 digits, 256 for 8-bit
-            images); the ``num_bins`` of bits/dim and of the scalers below.
+            images, 65536 for 16-bit ones); the ``num_bins`` of bits/dim and of the scalers.
         classes: class names, ``classes[labels[i]]`` is the name of image i; empty when unlabelled.
 
     Batches: :meth:`dataset` / :meth:`loader` give ``torch.utils.data`` objects whose batches are
-    tuples ``(images,)`` or ``(images, labels)``, so ``batch[0]`` is always the uint8 images.
+    tuples ``(images,)`` or ``(images, labels)``, so ``batch[0]`` is always the integer images.
     """
 
     images: Tensor
@@ -52,14 +53,15 @@ class ImageData:
     def __post_init__(self) -> None:
         if not isinstance(self.images, Tensor) or self.images.ndim != 4:
             raise ValueError("images must be a tensor shaped (N, C, H, W)")
-        if self.images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8, got {self.images.dtype}")
+        if not 2 <= self.num_bins <= 65536:
+            raise ValueError(f"num_bins must lie in [2, 65536], got {self.num_bins}")
+        want = torch.uint8 if self.num_bins <= 256 else torch.int32
+        if self.images.dtype != want:
+            raise TypeError(f"images of {self.num_bins} bins must be {want}, got {self.images.dtype}")
         if self.labels is not None and (
             self.labels.dtype != torch.int64 or self.labels.shape != self.images.shape[:1]
         ):
             raise ValueError(f"labels must be int64 shaped ({self.images.shape[0]},) or None")
-        if not 2 <= self.num_bins <= 256:
-            raise ValueError(f"num_bins must lie in [2, 256] for uint8 images, got {self.num_bins}")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -114,10 +116,32 @@ def _resample_filter(resample: str) -> Image.Resampling:
     return filters[resample]
 
 
+def _bit_depth(path: Path) -> int:
+    """16 for a 16-bit PNG (read from its header), else 8.
+
+    Raises:
+        ValueError: a 16-bit color PNG (Pillow reads those as 8-bit: their depth would be lost).
+    """
+    if path.suffix.lower() != ".png":
+        return 8
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or head[24] != 16:
+        return 8
+    if head[25] not in (0, 4):  # 0: gray, 4: gray + alpha
+        raise ValueError(
+            f"{str(path)!r} is a 16-bit color PNG, which Pillow reads as 8-bit; convert it to 8-bit or to "
+            "16-bit grayscale"
+        )
+    return 16
+
+
 def _read_image(path: Path, image_size: int, mode: str, resample) -> Tensor:
-    """Decode one file, resize its shorter side to ``image_size``, center-crop; uint8 (C, H, W)."""
+    """Decode one file, resize its shorter side to ``image_size``, center-crop: (C, H, W), uint8 for
+    ``mode`` "RGB" or "L", int32 in 0..65535 for "I" (16-bit gray; resized in float32 and rounded)."""
     with Image.open(path) as opened:
-        im = ImageOps.exif_transpose(opened).convert(mode)
+        im = ImageOps.exif_transpose(opened)
+        im = im.convert("I").convert("F") if mode == "I" else im.convert(mode)
     w, h = im.size
     if min(w, h) != image_size:
         if w <= h:
@@ -128,7 +152,10 @@ def _read_image(path: Path, image_size: int, mode: str, resample) -> Tensor:
         w, h = im.size
     left, top = (w - image_size) // 2, (h - image_size) // 2
     im = im.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(im, dtype=np.uint8)
+    if mode == "I":
+        array = np.clip(np.rint(np.asarray(im, dtype=np.float64)), 0, 65535).astype(np.int32)
+    else:
+        array = np.asarray(im, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, np.newaxis]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
@@ -143,7 +170,11 @@ def load_image_folder(
     resample: str = "bicubic",
     extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> ImageData:
-    """All PNG / JPEG images under ``root`` (recursively), as uint8 squares of side ``image_size``.
+    """All PNG / JPEG images under ``root`` (recursively), as integer squares of side ``image_size``.
+
+    8-bit files give uint8 images and ``num_bins = 256``. A folder of 16-bit grayscale PNGs (with
+    ``channels=1``) is read at full depth: int32 images in 0..65535 and ``num_bins = 65536``. A folder
+    mixing 8- and 16-bit files, and 16-bit color PNGs, are refused (nothing is silently cut to 8 bits).
 
     Each file is decoded with Pillow, turned upright by its EXIF orientation, converted to RGB
     (``channels=3``) or to 8-bit gray (``channels=1``, Pillow's ITU-R 601-2 luma
@@ -167,14 +198,16 @@ def load_image_folder(
         extensions: file name endings to read (case-insensitive).
 
     Returns:
-        ImageData with images uint8 (N, channels, image_size, image_size) in 0..255 and
-        ``num_bins = 256``. Everything is decoded into memory at once.
+        ImageData with images (N, channels, image_size, image_size): uint8 in 0..255 and
+        ``num_bins = 256``, or int32 in 0..65535 and ``num_bins = 65536`` for 16-bit files. Everything
+        is decoded into memory at once.
 
     Raises:
         FileNotFoundError: ``root`` does not exist. NotADirectoryError: ``root`` is a file.
         ValueError: no image file under ``root`` (the message names the folder); a file Pillow cannot
-            decode (the message names the file) unless ``skip_bad``; bad ``image_size``,
-            ``channels`` or ``resample``.
+            decode (the message names the file) unless ``skip_bad``; 16-bit color files, 16-bit files
+            with ``channels=3``, or a folder mixing 8- and 16-bit files (the message names a file of
+            each); bad ``image_size``, ``channels`` or ``resample``.
     """
     root = Path(root).expanduser()
     check_count("image_size", image_size, 1)
@@ -204,7 +237,17 @@ def load_image_folder(
     classes = tuple(sorted({p[0] for p in parts})) if labelled else ()
     class_index = {name: i for i, name in enumerate(classes)}
 
-    mode = "RGB" if channels == 3 else "L"
+    depths = {path: _bit_depth(path) for path in files}
+    deep = [f for f, d in depths.items() if d == 16]
+    if deep and len(deep) < len(files):
+        shallow = next(f for f, d in depths.items() if d == 8)
+        raise ValueError(
+            f"folder {str(root)!r} mixes 16-bit ({str(deep[0])!r}) and 8-bit ({str(shallow)!r}) images; "
+            "convert them to one depth"
+        )
+    if deep and channels != 1:
+        raise ValueError(f"16-bit images (e.g. {str(deep[0])!r}) are grayscale: load them with channels=1")
+    mode = "I" if deep else "RGB" if channels == 3 else "L"
     images, labels, bad = [], [], []
     for path, p in zip(files, parts, strict=True):
         try:
@@ -227,7 +270,7 @@ def load_image_folder(
     return ImageData(
         torch.stack(images),
         torch.tensor(labels, dtype=torch.int64) if labelled else None,
-        256,
+        65536 if deep else 256,
         classes,
     )
 
@@ -243,7 +286,8 @@ def save_image_grid(
     padding: int = 2,
     pad_value: int = 255,
 ) -> Path:
-    """Write images as one PNG grid, atomically (a temporary file in the same folder, then a rename).
+    """Write images as one PNG grid, atomically (a temporary file in the same folder, then a rename),
+    marked as diffscore's (PNG text ``Software: diffscore``).
 
     Float images are read on ``data_range``: clipped to it and mapped linearly onto 0..255
     (``round(255 (x - lo) / (hi - lo))``). Integer images are bin indices in {0, ..., num_bins - 1},
@@ -271,6 +315,7 @@ def save_image_grid(
         ValueError: bad shape or channel count, NaN or inf in float images, integer images outside
             [0, num_bins), path not ending in ".png", bad ``nrow``, ``scale``, ``padding`` or
             ``pad_value``.
+        FileExistsError: ``path`` exists and diffscore did not write it (it is never replaced).
         TypeError: ``x`` not a tensor, or a bool tensor.
     """
     if not isinstance(x, Tensor):
@@ -279,9 +324,7 @@ def save_image_grid(
         x = x.unsqueeze(0)
     if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
         raise ValueError(f"x must be shaped (B, C, H, W) or (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
-    path = Path(path).expanduser()
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"path must end in .png, got {str(path)!r}")
+    path = check_output(path, (".png",), "path")
     b, c, h, w = x.shape
     nrow = math.ceil(math.sqrt(b)) if nrow is None else check_count("nrow", nrow, 1)
     scale = math.ceil(64 / max(h, w)) if scale is None else check_count("scale", scale, 1)
@@ -312,4 +355,6 @@ def save_image_grid(
     array = canvas.permute(1, 2, 0).numpy()
     image = Image.fromarray(array[:, :, 0] if c == 1 else array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
 
-    return atomic_write(path, lambda f: image.save(f, format="PNG"))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "diffscore")  # diffscore's mark: diffscore.io.written_by_diffscore
+    return atomic_write(path, lambda f: image.save(f, format="PNG", pnginfo=info))
