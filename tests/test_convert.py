@@ -21,6 +21,7 @@ from diffscore.checkpoint import read_json, read_tensors, write_tensors
 from diffscore.convert import (
     RELEASED,
     ConversionError,
+    diffusers_spec,
     from_diffusers,
     from_score_sde,
     load_diffusers,
@@ -142,6 +143,50 @@ def test_fixture_networks_have_the_reference_parameter_counts():
     # diffusers counts the frozen frequencies (8 here) among its 55,985 parameters
     model, _ = load_diffusers(ROOT / DIFFUSERS)
     assert num_parameters(model.net) + model.net.embed.W.numel() == 55_985
+
+
+def _hosted_layout(image_size: int, block_out_channels: list[int], layers: int) -> dict:
+    """The UNet2DModel config diffusers' conversion script gives a released NCSN++ (attention at 16 px)."""
+    n = len(block_out_channels)
+    attn = [image_size // 2**i == 16 for i in range(n)]
+    return dict(
+        _class_name="UNet2DModel",
+        sample_size=image_size,
+        block_out_channels=block_out_channels,
+        layers_per_block=layers,
+        down_block_types=["AttnSkipDownBlock2D" if a else "SkipDownBlock2D" for a in attn],
+        up_block_types=["AttnSkipUpBlock2D" if a else "SkipUpBlock2D" for a in attn[::-1]],
+        time_embedding_type="fourier",
+        act_fn="silu",
+        norm_eps=1e-6,
+        norm_num_groups=None,
+        attention_head_dim=None,
+        mid_block_type="UNetMidBlock2D",
+        mid_block_scale_factor=math.sqrt(2.0),
+        resnet_time_scale_shift="default",
+        add_attention=True,
+        center_input_sample=True,
+        in_channels=3,
+        out_channels=3,
+    )
+
+
+@pytest.mark.parametrize(
+    "image_size, channels, layers, count",
+    [
+        # issue 12: the hosted 256-px layout (configs/ve/*_256_ncsnpp_continuous.py: nf 128,
+        # ch_mult (1, 1, 2, 2, 2, 2, 2), 2 blocks) and the 1024-px one (ffhq_ncsnpp_continuous.py)
+        (256, [128, 128, 256, 256, 256, 256, 256], 2, 65_574_421),
+        (1024, [16, 32, 64, 128, 256, 512, 512, 512], 1, 105_785_880),
+    ],
+)
+def test_hosted_diffusers_layouts_map_with_the_reference_parameter_count(image_size, channels, layers, count):
+    scheduler = dict(_class_name="ScoreSdeVeScheduler", sigma_min=0.01, sigma_max=348.0)
+    scheduler.update(num_train_timesteps=2000, snr=0.15, sampling_eps=1e-5, correct_steps=1)
+    # the group counts diffusers gives these layouts all equal NCSN++'s (>= 128 channels at attention)
+    spec = diffusers_spec(_hosted_layout(image_size, channels, layers), scheduler)
+    assert num_parameters(_meta_net(spec)) == count
+    assert spec["net"]["time_scale"] == math.log(348.0 / 0.01)
 
 
 _FIXTURE_PRESET = {
@@ -523,3 +568,54 @@ def test_output_directory_is_not_overwritten_by_default(tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     from_score_sde(checkpoint, config, out, overwrite=True)
     assert check_model_dir(out, "vp_ddpmpp_cifar10_continuous") < TOLERANCE
+
+
+# ---- the recipe script (examples/reproduce_sde_paper.py) ---------------------------------------------
+def _recipe():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "examples" / "reproduce_sde_paper.py"
+    spec = importlib.util.spec_from_file_location("reproduce_sde_paper", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_script_bits_per_dim_and_samples(tmp_path, capsys):
+    recipe = _recipe()
+    name = "ve_ncsnpp_cifar10_continuous"
+    zero = from_score_sde(
+        _zero_output_checkpoint(name, tmp_path / "z.pth"), score_sde_paths(name)[1], tmp_path / "z"
+    )
+    images = torch.randint(
+        0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    write_tensors(tmp_path / "images.safetensors", {"images": images})
+    argv = ["bpd", "--model", str(zero), "--images", str(tmp_path / "images.safetensors"), "--repeats", "2"]
+    argv += ["--batch-size", "1", "--device", "cpu", "--output", str(tmp_path / "bpd.safetensors")]
+    assert recipe.main(argv) == 0
+    values = read_tensors(tmp_path / "bpd.safetensors")["bpd"]
+    # score 0 under the VE SDE: bits/dim of N(0, 50^2) on [0, 1] data, as in the closed-form test above
+    low = 0.5 * math.log2(2 * math.pi * 50.0**2) + 8
+    assert values.shape == (2, 1) and bool(((values >= low - 1e-5) & (values <= low + 1.5e-4)).all())
+    assert f"bits/dim: {values.double().mean():.4f}" in capsys.readouterr().out
+    # samples with the converted model's stored sampler (shortened to 3 steps), one PNG per sample
+    checkpoint, config = score_sde_paths("ve_ncsnpp_celebahq256_continuous")
+    model_dir = from_score_sde(checkpoint, config, tmp_path / "m")
+    argv = [
+        "samples",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "png"),
+        "--num",
+        "3",
+        "--steps",
+        "3",
+    ]
+    assert recipe.main([*argv, "--batch-size", "2", "--device", "cpu"]) == 0
+    files = sorted((tmp_path / "png").iterdir())
+    assert [f.name for f in files] == ["000000.png", "000001.png", "000002.png"]
+    from PIL import Image
+
+    assert all(Image.open(f).size == (16, 16) and Image.open(f).mode == "RGB" for f in files)

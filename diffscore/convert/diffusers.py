@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..nets import NCSNpp
@@ -92,9 +93,11 @@ def diffusers_spec(
 ) -> dict[str, Any]:
     """Translate a ``UNet2DModel`` config and its ``ScoreSdeVeScheduler`` config into diffscore terms.
 
+    Every GroupNorm's group count, as diffusers builds it from this config, is checked against the
+    NCSN++ one (min(C // 4, 32)).
+
     Returns:
-        ``{"net": NCSNpp config, "sde": VESDE, "parameterization": "scaled", "metadata", "groups"}``;
-        ``groups`` maps each diffusers GroupNorm prefix to its group count (checked against NCSN++'s).
+        ``{"net": NCSNpp config, "sde": VESDE(kernel="sigma"), "parameterization": "scaled", "metadata"}``.
 
     Raises:
         ConversionError: a field with a value that NCSN++ cannot reproduce, named with ``origin`` (or
@@ -205,12 +208,17 @@ def diffusers_spec(
             denoise=True,
         ),  # fmt: skip
     )
+    with torch.device("meta"):  # the architecture only: no memory, no init work
+        layout = NCSNpp(**{k: v for k, v in net.items() if k != "name"})
+    ours = {name: mod.num_groups for name, mod in _norms(layout, diffusers_mapping(layout)).items()}
+    for name, theirs in _diffusers_groups(cfg, boc, down, up).items():
+        if ours.get(name, theirs) != theirs:
+            raise ConversionError(
+                f"{origin}: {name} normalises in {theirs} groups, NCSN++ in {ours[name]}: this layout "
+                "does not map exactly"
+            )
     return dict(
-        net=net,
-        sde=VESDE(sigma_min, sigma_max, kernel="sigma"),
-        parameterization="scaled",
-        metadata=metadata,
-        groups=_diffusers_groups(cfg, boc, down, up),
+        net=net, sde=VESDE(sigma_min, sigma_max, kernel="sigma"), parameterization="scaled", metadata=metadata
     )
 
 
@@ -372,13 +380,6 @@ def load_diffusers(model_dir: str | os.PathLike) -> tuple[ScoreModel, dict[str, 
         unet_config, read_config(scheduler_path), repr(str(unet_config_path)), repr(str(scheduler_path))
     )
     net = NCSNpp(**{k: v for k, v in spec["net"].items() if k != "name"})
-    ours = {name: mod.num_groups for name, mod in _norms(net, diffusers_mapping(net)).items()}
-    for name, theirs in spec["groups"].items():
-        if ours.get(name, theirs) != theirs:
-            raise ConversionError(
-                f"{str(unet_config_path)!r}: {name} normalises in {theirs} groups, NCSN++ in {ours[name]}: "
-                "this layout does not map exactly"
-            )
     origin = repr(str(weights_path))
     if weights_path.suffix == ".safetensors":
         state: Mapping[str, Any] = read_safetensors(weights_path)
