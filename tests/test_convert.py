@@ -29,7 +29,7 @@ from diffscore.convert import (
     released_config,
     score_sde_spec,
 )
-from diffscore.nets import NCSNpp, num_parameters
+from diffscore.nets import NCSNpp, from_config, num_parameters
 from diffscore.sde import VESDE, VPSDE, SubVPSDE, sde_to_config
 
 
@@ -121,7 +121,7 @@ REFERENCE_COUNTS = {
 
 def _meta_net(spec) -> NCSNpp:
     with torch.device("meta"):  # no memory, no init work
-        return NCSNpp(**{k: v for k, v in spec["net"].items() if k != "name"})
+        return from_config(spec["net"])
 
 
 def test_every_released_preset_has_the_reference_parameter_count():

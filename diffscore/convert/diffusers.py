@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..nets import NCSNpp
+from ..nets import NCSNpp, from_config
 from ..nets.ncsnpp import AttnBlock
 from ..score import ScoreModel
 from ..sde import VESDE
@@ -209,7 +209,7 @@ def diffusers_spec(
         ),  # fmt: skip
     )
     with torch.device("meta"):  # the architecture only: no memory, no init work
-        layout = NCSNpp(**{k: v for k, v in net.items() if k != "name"})
+        layout = from_config(net)
     ours = {name: mod.num_groups for name, mod in _norms(layout, diffusers_mapping(layout)).items()}
     for name, theirs in _diffusers_groups(cfg, boc, down, up).items():
         if ours.get(name, theirs) != theirs:
@@ -379,7 +379,7 @@ def load_diffusers(model_dir: str | os.PathLike) -> tuple[ScoreModel, dict[str, 
     spec = diffusers_spec(
         unet_config, read_config(scheduler_path), repr(str(unet_config_path)), repr(str(scheduler_path))
     )
-    net = NCSNpp(**{k: v for k, v in spec["net"].items() if k != "name"})
+    net = from_config(spec["net"])
     origin = repr(str(weights_path))
     if weights_path.suffix == ".safetensors":
         state: Mapping[str, Any] = read_safetensors(weights_path)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..nets import NCSNpp
+from ..nets import NCSNpp, from_config
 from ..nets.layers import FIRConv2d, GaussianFourierProjection
 from ..nets.ncsnpp import AttnBlock, Resample, ResBlock
 from ..score import ScoreModel
@@ -75,7 +75,7 @@ def _resolve(config: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, A
     if path.suffix == ".py":
         raise ConversionError(
             f"{str(path)!r}: score_sde_pytorch's Python configs are not run; export one to JSON "
-            "(json.dump(get_config().to_dict(), f)) or pass a preset name"
+            "(json.dumps(get_config().to_dict(), default=str)) or pass a preset name"
         )
     if not path.is_file():
         raise ConversionError(
@@ -221,7 +221,7 @@ def score_sde_spec(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
     )
     try:
         with torch.device("meta"):  # validate the arguments without allocating or initialising weights
-            NCSNpp(**{k: v for k, v in net.items() if k != "name"})
+            from_config(net)
     except (TypeError, ValueError) as err:
         raise ConversionError(f"{name}: the model section does not describe a valid NCSN++: {err}") from err
     return dict(
@@ -417,7 +417,7 @@ def load_score_sde(
     origin = repr(str(checkpoint_path))
     state, info = _weights(read_pickle_checkpoint(checkpoint_path), origin, weights)
     _check_sigmas(state, spec, origin)
-    net = NCSNpp(**{k: v for k, v in spec["net"].items() if k != "name"})
+    net = from_config(spec["net"])
     map_tensors(state, score_sde_mapping(net), net, origin)
     model = ScoreModel(net, spec["sde"], spec["parameterization"]).eval()
     config_name = (
