@@ -104,6 +104,58 @@ def diffusers_spec(
             ``scheduler_origin`` for the scheduler's fields).
     """
     cfg = dict(unet_config)
+    boc, down, up, size, attn = _unet_layout(cfg, origin)
+    sched = _scheduler(dict(scheduler_config), scheduler_origin)
+    sigma_min, sigma_max, nf = sched.pop("sigma_min"), sched.pop("sigma_max"), boc[0]
+    net = dict(
+        name="ncsnpp",
+        channels=3,
+        image_size=size,
+        nf=nf,
+        ch_mult=[c // nf for c in boc],
+        num_res_blocks=int(cfg.get("layers_per_block", 2)),
+        attn_resolutions=attn,
+        dropout=float(cfg.get("dropout", 0.0)),
+        resblock_type="biggan",
+        fir=True,
+        fir_kernel=[1.0, 3.0, 3.0, 1.0],
+        resamp_with_conv=True,
+        skip_rescale=True,
+        progressive="output_skip",
+        progressive_input="input_skip",
+        progressive_combine="sum",
+        embedding_type="fourier",
+        fourier_scale=16.0,  # UNet2DModel's GaussianFourierProjection(scale=16); the frequencies are loaded
+        time_scale=math.log(sigma_max / sigma_min),  # embeds log sigma(t), as diffusers embeds log sigma
+        time_shift=math.log(sigma_min),
+        init_scale=0.0,
+        center_input=bool(cfg.get("center_input_sample", False)),
+    )
+    with torch.device("meta"):  # the architecture only: no memory, no init work
+        layout = from_config(net)
+    ours = {name: mod.num_groups for name, mod in _norms(layout, diffusers_mapping(layout)).items()}
+    for name, theirs in _diffusers_groups(cfg, boc, down, up).items():
+        if ours.get(name, theirs) != theirs:
+            raise ConversionError(
+                f"{origin}: {name} normalises in {theirs} groups, NCSN++ in {ours[name]}: this layout "
+                "does not map exactly"
+            )
+    metadata = dict(
+        image_shape=[3, size, size],
+        num_bins=256,
+        data_range=[0.0, 1.0],  # ScoreSdeVePipeline's output space (it clamps samples to [0, 1])
+        likelihood_eps=1e-5,
+        sampling=sched,
+    )
+    sde = VESDE(sigma_min, sigma_max, kernel="sigma")
+    return dict(net=net, sde=sde, parameterization="scaled", metadata=metadata)
+
+
+def _unet_layout(
+    cfg: Mapping[str, Any], origin: str
+) -> tuple[list[int], list[str], list[str], int, list[int]]:
+    """(block_out_channels, down types, up types, sample size, attention resolutions) of an NCSN++
+    UNet2DModel config; ConversionError for anything NCSN++ cannot reproduce."""
     for key, value in _REQUIRED.items():
         if key not in cfg and value is not None:
             raise ConversionError(f"{origin}: field {key} is missing")
@@ -126,19 +178,19 @@ def diffusers_spec(
         raise ConversionError(
             f"{origin}: block type {bad[0]!r} is not an NCSN++ block (expected {_DOWN + _UP})"
         )
-    nf = boc[0]
-    if any(c % nf for c in boc):
+    if any(c % boc[0] for c in boc):
         raise ConversionError(f"{origin}: block_out_channels {boc} are not multiples of the first")
-    if cfg.get("time_embedding_dim") not in (None, 4 * nf):
-        raise ConversionError(f"{origin}: time_embedding_dim must be 4 * block_out_channels[0] = {4 * nf}")
-    size = cfg.get("sample_size")
+    if cfg.get("time_embedding_dim") not in (None, 4 * boc[0]):
+        raise ConversionError(
+            f"{origin}: time_embedding_dim must be 4 * block_out_channels[0] = {4 * boc[0]}"
+        )
+    size, n = cfg.get("sample_size"), len(boc)
     if isinstance(size, (list, tuple)) and len(size) == 2 and size[0] == size[1]:
         size = size[0]
-    if not isinstance(size, int) or size % 2 ** (len(boc) - 1):
+    if not isinstance(size, int) or size % 2 ** (n - 1):
         raise ConversionError(
             f"{origin}: sample_size must be a square size divisible by 2^levels, got {size!r}"
         )
-    n = len(boc)
     attn_down = {size // 2**i for i, b in enumerate(down) if b.startswith("Attn")}
     attn_up = {size // 2 ** (n - 1 - k) for k, b in enumerate(up) if b.startswith("Attn")}
     if attn_down != attn_up:
@@ -150,76 +202,40 @@ def diffusers_spec(
     attn_channels = [boc[i] for i, b in enumerate(down) if b.startswith("Attn")] + [boc[-1]]
     if heads_dim is not None and any(c != heads_dim for c in attn_channels):
         raise ConversionError(
-            f"{origin}: attention_head_dim {heads_dim} makes multi-head attention; NCSN++ has one head"
+            f"{origin}: attention_head_dim {heads_dim} makes multi-head attention; NCSN++ has one"
         )
+    return boc, down, up, size, sorted(attn_down, reverse=True)
 
-    scheduler = dict(scheduler_config)
+
+def _scheduler(scheduler: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """sigma_min, sigma_max and the PC sampler options of a ScoreSdeVeScheduler config.
+
+    ScoreSdeVePipeline draws from N(0, sigma_max^2) and walks the noise levels
+    sigma_min (sigma_max / sigma_min)^t, t from 1 to ``sampling_eps`` (2000 steps by default; here
+    ``num_train_timesteps``), with ``correct_steps`` Langevin steps at ``snr`` (before each
+    reverse-diffusion step; diffscore's PC runs them after it, as score_sde_pytorch does) and returns the
+    last mean (final denoising).
+    """
     if scheduler.get("_class_name") != "ScoreSdeVeScheduler":
         raise ConversionError(
-            f"{scheduler_origin}: the scheduler is {scheduler.get('_class_name')!r}, not ScoreSdeVeScheduler"
+            f"{origin}: the scheduler is {scheduler.get('_class_name')!r}, not ScoreSdeVeScheduler"
         )
     try:
-        sigma_min, sigma_max = float(scheduler["sigma_min"]), float(scheduler["sigma_max"])
-        steps, snr = int(scheduler["num_train_timesteps"]), float(scheduler["snr"])
-        eps, corrector_steps = float(scheduler["sampling_eps"]), int(scheduler.get("correct_steps", 1))
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConversionError(f"{scheduler_origin}: field {err} is missing or not a number") from err
-    if not 0 < sigma_min < sigma_max:
-        raise ConversionError(
-            f"{scheduler_origin}: need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}"
+        out = dict(sigma_min=float(scheduler["sigma_min"]), sigma_max=float(scheduler["sigma_max"]))
+        out.update(
+            method="pc", predictor="reverse_diffusion", corrector="langevin", snr=float(scheduler["snr"])
         )
-    net = dict(
-        name="ncsnpp",
-        channels=3,
-        image_size=size,
-        nf=nf,
-        ch_mult=[c // nf for c in boc],
-        num_res_blocks=int(cfg.get("layers_per_block", 2)),
-        attn_resolutions=sorted(attn_down, reverse=True),
-        dropout=float(cfg.get("dropout", 0.0)),
-        resblock_type="biggan",
-        fir=True,
-        fir_kernel=[1.0, 3.0, 3.0, 1.0],
-        resamp_with_conv=True,
-        skip_rescale=True,
-        progressive="output_skip",
-        progressive_input="input_skip",
-        progressive_combine="sum",
-        embedding_type="fourier",
-        fourier_scale=16.0,  # UNet2DModel's GaussianFourierProjection(scale=16); the frequencies are loaded
-        time_scale=math.log(sigma_max / sigma_min),
-        time_shift=math.log(sigma_min),
-        init_scale=0.0,
-        center_input=bool(cfg.get("center_input_sample", False)),
-    )
-    metadata = dict(
-        image_shape=[3, size, size],
-        num_bins=256,
-        data_range=[0.0, 1.0],  # ScoreSdeVePipeline's output space (it clamps samples to [0, 1])
-        likelihood_eps=1e-5,
-        sampling=dict(
-            method="pc",
-            predictor="reverse_diffusion",
-            corrector="langevin",
-            snr=snr,
-            n_steps=corrector_steps,
-            num_steps=steps,
-            eps=eps,
-            denoise=True,
-        ),  # fmt: skip
-    )
-    with torch.device("meta"):  # the architecture only: no memory, no init work
-        layout = from_config(net)
-    ours = {name: mod.num_groups for name, mod in _norms(layout, diffusers_mapping(layout)).items()}
-    for name, theirs in _diffusers_groups(cfg, boc, down, up).items():
-        if ours.get(name, theirs) != theirs:
-            raise ConversionError(
-                f"{origin}: {name} normalises in {theirs} groups, NCSN++ in {ours[name]}: this layout "
-                "does not map exactly"
-            )
-    return dict(
-        net=net, sde=VESDE(sigma_min, sigma_max, kernel="sigma"), parameterization="scaled", metadata=metadata
-    )
+        out.update(
+            n_steps=int(scheduler.get("correct_steps", 1)), num_steps=int(scheduler["num_train_timesteps"])
+        )
+        out.update(eps=float(scheduler["sampling_eps"]), denoise=True)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConversionError(f"{origin}: field {err} is missing or not a number") from err
+    if not 0 < out["sigma_min"] < out["sigma_max"]:
+        raise ConversionError(
+            f"{origin}: need 0 < sigma_min < sigma_max, got {out['sigma_min']}, {out['sigma_max']}"
+        )
+    return out
 
 
 def _diffusers_groups(

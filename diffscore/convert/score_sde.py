@@ -36,7 +36,7 @@ from ..nets.ncsnpp import AttnBlock, Resample, ResBlock
 from ..score import ScoreModel
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 from ._common import ConversionError, Target, map_tensors, read_config, read_pickle_checkpoint, save
-from .released import RELEASED
+from .released import RELEASED, released_config
 
 __all__ = ["score_sde_spec", "score_sde_mapping", "load_score_sde", "from_score_sde"]
 
@@ -64,9 +64,7 @@ def _resolve(config: str | os.PathLike | Mapping[str, Any]) -> tuple[dict[str, A
     if isinstance(config, Mapping):
         return dict(config), "config"
     if isinstance(config, str) and config in RELEASED:
-        import copy
-
-        return copy.deepcopy(RELEASED[config]), config
+        return released_config(config), config
     if not isinstance(config, (str, os.PathLike)):
         raise TypeError(
             f"config must be a preset name, a JSON file or a mapping, got {type(config).__name__}"
@@ -93,11 +91,12 @@ def score_sde_spec(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
             ``training``, ``data``, ``model`` and ``sampling`` sections are read), or such a mapping.
 
     Returns:
-        ``{"name", "net": NCSNpp config, "sde": SDE, "parameterization", "metadata"}``; metadata holds
-        ``image_shape``, ``num_bins`` (256), ``data_range`` ([0, 1] for uncentred data, as the VE models),
-        ``likelihood_eps`` (1e-5, the reference's), ``sampling`` (the config's PC sampler: predictor,
-        corrector, snr, corrector steps, ``num_steps`` = ``model.num_scales``, end time 1e-5 VE / 1e-3 VP),
-        ``dataset`` and ``ema_rate``.
+        ``{"name", "net": NCSNpp config, "sde": SDE, "parameterization", "metadata", "sigmas"}``;
+        metadata holds ``image_shape``, ``num_bins`` (256), ``data_range`` ([0, 1] for uncentred data, as
+        the VE models), ``likelihood_eps`` (1e-5, the reference's), ``sampling`` (the config's sampler:
+        predictor, corrector, snr, corrector steps, ``num_steps`` = ``model.num_scales``, end time 1e-5
+        VE / 1e-3 VP, final denoising), ``dataset`` and ``ema_rate``; ``sigmas`` is (sigma_min, sigma_max,
+        num_scales) of the network's ``sigmas`` buffer.
 
     Raises:
         ConversionError: a missing field (named) or a configuration diffscore cannot reproduce exactly
@@ -105,92 +104,90 @@ def score_sde_spec(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
         TypeError: ``config`` is of another type.
     """
     cfg, name = _resolve(config)
-    sections = {}
     for key in ("training", "data", "model"):
-        section = cfg.get(key)
-        if not isinstance(section, Mapping):
+        if not isinstance(cfg.get(key), Mapping):
             raise ConversionError(f"{name}: config section {key!r} is missing or not an object")
-        sections[key] = section
-    training, data, model = sections["training"], sections["data"], sections["model"]
-    sampling = cfg.get("sampling") if isinstance(cfg.get("sampling"), Mapping) else {}
+    data, model = cfg["data"], cfg["model"]
+    sampling = cfg["sampling"] if isinstance(cfg.get("sampling"), Mapping) else {}
 
-    def get(section: Mapping[str, Any], where: str, key: str) -> Any:
-        return _field(section, key, where, name)
+    def get(section: str, key: str) -> Any:
+        return _field(cfg[section], key, section, name)
 
-    if get(model, "model", "name") != "ncsnpp":
+    if get("model", "name") != "ncsnpp":
         raise ConversionError(
             f"{name}: model.name is {model['name']!r}; only NCSN++ / DDPM++ ('ncsnpp') checkpoints convert"
         )
-    if get(training, "training", "continuous") is not True:
+    if get("training", "continuous") is not True:
         raise ConversionError(f"{name}: training.continuous is not true; only continuous-time models convert")
     for key, value in _FIXED.items():
         if key in model and model[key] != value:
             raise ConversionError(f"{name}: model.{key} is {model[key]!r}; only {value!r} converts")
-    sde_name = get(training, "training", "sde")
-    embedding = get(model, "model", "embedding_type")
-    scale_by_sigma = bool(get(model, "model", "scale_by_sigma"))
-    num_scales = int(get(model, "model", "num_scales"))
+    sde, parameterization, time = _sde(get, name)
+    centered = bool(get("data", "centered"))
+    channels, size = int(get("data", "num_channels")), int(get("data", "image_size"))
+    net = dict(name="ncsnpp", channels=channels, image_size=size, **{k: get("model", k) for k in _NET_FIELDS})
+    net.update(time, center_input=not centered)
+    net["ch_mult"], net["attn_resolutions"] = list(net["ch_mult"]), list(net["attn_resolutions"])
+    net["fir_kernel"] = [float(k) for k in net["fir_kernel"]]
+    for key in ("resblock_type", "progressive", "progressive_input", "progressive_combine"):
+        net[key] = str(net[key]).lower()
+    try:
+        with torch.device("meta"):  # validate the arguments without allocating or initialising weights
+            from_config(net)
+    except (TypeError, ValueError) as err:
+        raise ConversionError(f"{name}: the model section does not describe a valid NCSN++: {err}") from err
+    num_scales = int(get("model", "num_scales"))
+    metadata = dict(
+        image_shape=[channels, size, size],
+        num_bins=256,
+        data_range=[-1.0, 1.0] if centered else [0.0, 1.0],
+        likelihood_eps=1e-5,
+        sampling=_sampler(sampling, isinstance(sde, VESDE), num_scales, name),
+        dataset=str(data.get("dataset", "")) + (f"/{data['category']}" if data.get("category") else ""),
+        ema_rate=model.get("ema_rate"),
+    )
+    sigmas = (float(get("model", "sigma_min")), float(get("model", "sigma_max")), num_scales)
+    return dict(
+        name=name, net=net, sde=sde, parameterization=parameterization, metadata=metadata, sigmas=sigmas
+    )
+
+
+#: model fields copied into the NCSNpp config as they are
+_NET_FIELDS = (
+    "nf", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout", "resblock_type", "fir", "fir_kernel",
+    "resamp_with_conv", "skip_rescale", "progressive", "progressive_input", "progressive_combine",
+    "embedding_type", "fourier_scale", "init_scale",
+)  # fmt: skip
+
+
+def _sde(get, name: str) -> tuple[SDE, str, dict[str, float]]:
+    """(SDE, parameterization, NCSNpp time map) of the reference's continuous-time score function."""
+    sde_name, embedding = get("training", "sde"), get("model", "embedding_type")
+    scale_by_sigma = bool(get("model", "scale_by_sigma"))
     if sde_name == "vesde":
-        sigma_min, sigma_max = (
-            float(get(model, "model", "sigma_min")),
-            float(get(model, "model", "sigma_max")),
-        )
+        sigma_min, sigma_max = float(get("model", "sigma_min")), float(get("model", "sigma_max"))
         if embedding != "fourier":
             raise ConversionError(f"{name}: a VE model with embedding_type {embedding!r} does not convert")
-        sde: SDE = VESDE(sigma_min, sigma_max, kernel="sigma")
+        # the network embeds log sigma(t) = log sigma_min + t log(sigma_max / sigma_min)
         time = dict(time_scale=math.log(sigma_max / sigma_min), time_shift=math.log(sigma_min))
-        parameterization = "scaled" if scale_by_sigma else "score"
-        eps = 1e-5
-    elif sde_name in ("vpsde", "subvpsde"):
-        beta = (float(get(model, "model", "beta_min")), float(get(model, "model", "beta_max")))
+        return VESDE(sigma_min, sigma_max, kernel="sigma"), "scaled" if scale_by_sigma else "score", time
+    if sde_name in ("vpsde", "subvpsde"):
+        beta = (float(get("model", "beta_min")), float(get("model", "beta_max")))
         if embedding != "positional" or scale_by_sigma:
             raise ConversionError(
                 f"{name}: a VP / sub-VP model must use embedding_type 'positional' and scale_by_sigma false "
                 f"to convert, got {embedding!r} and {scale_by_sigma}"
             )
         sde = VPSDE(*beta) if sde_name == "vpsde" else SubVPSDE(*beta)
-        time = dict(time_scale=999.0, time_shift=0.0)
-        parameterization = "noise"
-        eps = 1e-3
-    else:
-        raise ConversionError(
-            f"{name}: training.sde must be 'vesde', 'vpsde' or 'subvpsde', got {sde_name!r}"
-        )
-    centered = bool(get(data, "data", "centered"))
-    channels, size = int(get(data, "data", "num_channels")), int(get(data, "data", "image_size"))
-    net = dict(
-        name="ncsnpp",
-        channels=channels,
-        image_size=size,
-        **{
-            key: get(model, "model", key)
-            for key in (
-                "nf",
-                "ch_mult",
-                "num_res_blocks",
-                "attn_resolutions",
-                "dropout",
-                "resblock_type",
-                "fir",
-                "fir_kernel",
-                "resamp_with_conv",
-                "skip_rescale",
-                "progressive",
-                "progressive_input",
-                "progressive_combine",
-                "embedding_type",
-                "fourier_scale",
-                "init_scale",
-            )
-        },  # fmt: skip
-        **time,
-        center_input=not centered,
-    )
-    net["ch_mult"], net["attn_resolutions"] = list(net["ch_mult"]), list(net["attn_resolutions"])
-    net["fir_kernel"] = [float(k) for k in net["fir_kernel"]]
-    for key in ("resblock_type", "progressive", "progressive_input", "progressive_combine"):
-        net[key] = str(net[key]).lower()
-    ve = sde_name == "vesde"
+        return sde, "noise", dict(time_scale=999.0, time_shift=0.0)  # labels 999 t
+    raise ConversionError(f"{name}: training.sde must be 'vesde', 'vpsde' or 'subvpsde', got {sde_name!r}")
+
+
+def _sampler(sampling: Mapping[str, Any], ve: bool, num_scales: int, name: str) -> dict[str, Any]:
+    """The config's sampler as ``diffscore.sample`` options (``probability_flow`` is not carried over)."""
+    eps = 1e-5 if ve else 1e-3  # run_lib.py's sampling_eps
+    if sampling.get("method") == "ode":
+        return dict(method="ode", eps=eps)
     predictor = sampling.get("predictor", "reverse_diffusion" if ve else "euler_maruyama")
     corrector = sampling.get("corrector", "langevin" if ve else "none")
     if predictor not in _PREDICTORS or corrector not in _CORRECTORS:
@@ -198,7 +195,7 @@ def score_sde_spec(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
             f"{name}: sampling.predictor {predictor!r} / sampling.corrector {corrector!r} unknown; expected "
             f"one of {sorted(_PREDICTORS)} / {sorted(_CORRECTORS)}"
         )
-    sample_settings: dict[str, Any] = dict(
+    return dict(
         method="pc",
         predictor=_PREDICTORS[predictor],
         corrector=_CORRECTORS[corrector],
@@ -207,30 +204,6 @@ def score_sde_spec(config: str | os.PathLike | Mapping[str, Any]) -> dict[str, A
         num_steps=num_scales,
         eps=eps,
         denoise=bool(sampling.get("noise_removal", True)),
-    )
-    if sampling.get("method") == "ode" or sampling.get("probability_flow"):
-        sample_settings = dict(method="ode", eps=eps)
-    metadata = dict(
-        image_shape=[channels, size, size],
-        num_bins=256,
-        data_range=[-1.0, 1.0] if centered else [0.0, 1.0],
-        likelihood_eps=1e-5,
-        sampling=sample_settings,
-        dataset=str(data.get("dataset", "")) + (f"/{data['category']}" if data.get("category") else ""),
-        ema_rate=model.get("ema_rate"),
-    )
-    try:
-        with torch.device("meta"):  # validate the arguments without allocating or initialising weights
-            from_config(net)
-    except (TypeError, ValueError) as err:
-        raise ConversionError(f"{name}: the model section does not describe a valid NCSN++: {err}") from err
-    return dict(
-        name=name,
-        net=net,
-        sde=sde,
-        parameterization=parameterization,
-        metadata=metadata,
-        sigmas=(float(model.get("sigma_min", 0.01)), float(model.get("sigma_max", 50.0)), num_scales),
     )
 
 
