@@ -183,6 +183,35 @@ def test_time_embedding_conditions_output(preset):
     torch.testing.assert_close(mixed[1], out_b[1], rtol=1e-4, atol=1e-5 * float(out_a.abs().max()))
 
 
+@pytest.mark.parametrize("progressive_input", ["input_skip", "residual"])
+def test_center_input_maps_unit_data_to_symmetric(progressive_input, tmp_path):
+    # center_input=True is the same function as the uncentred network applied to 2x - 1 (the input
+    # pyramid included), bitwise; the option survives the config / save_pretrained round trip
+    torch.manual_seed(4)
+    kw = dict(
+        nf=16, image_size=16, attn_resolutions=(8,), init_scale=1.0, progressive_input=progressive_input
+    )
+    plain = build("ncsnpp_small", **kw).eval()
+    centred = build("ncsnpp_small", center_input=True, **kw).eval()
+    centred.load_state_dict(plain.state_dict())
+    x, t = torch.rand(2, 3, 16, 16), torch.rand(2)
+    with torch.no_grad():
+        torch.testing.assert_close(centred(x, t), plain(2 * x - 1, t), rtol=0, atol=0)
+        assert (centred(x, t) - plain(x, t)).norm() > 1e-2 * plain(x, t).norm()
+    assert centred.config["center_input"] is True and plain.config["center_input"] is False
+    from diffscore import ScoreModel
+    from diffscore.sde import VESDE
+
+    ScoreModel(centred, VESDE(), "scaled").save_pretrained(tmp_path / "m")
+    loaded = ScoreModel.from_pretrained(tmp_path / "m")
+    assert loaded.net.center_input
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x, t), centred(x, t), rtol=0, atol=0)
+    # a config written before the option existed loads as center_input=False
+    old = {k: v for k, v in plain.config.items() if k != "center_input"}
+    assert from_config(old).config == plain.config
+
+
 # ---- bad input -----------------------------------------------------------------------------------
 def test_bad_inputs_raise_naming_the_argument():
     torch.manual_seed(3)

@@ -207,6 +207,9 @@ class NCSNpp(nn.Module):
         progressive_combine: "sum" or "cat", how "input_skip" merges the pyramid into the features.
         embedding_type: "fourier" (Gaussian Fourier features, scale ``fourier_scale``) or "positional".
         time_scale, time_shift: the affine map from t to the embedding input.
+        center_input: map the input x to ``2 x - 1`` first, so data in [0, 1] reach the network in
+            [-1, 1] (the released VE checkpoints' ``data.centered = False``; diffusers'
+            ``center_input_sample``). The input pyramid sees the mapped x too.
         init_scale: scale of the last conv of residual branches, attention and the output (0: ~zero).
 
     Raises:
@@ -236,6 +239,7 @@ class NCSNpp(nn.Module):
         time_scale: float = math.log(50.0 / 0.01),
         time_shift: float = math.log(0.01),
         init_scale: float = 0.0,
+        center_input: bool = False,
     ) -> None:
         super().__init__()
         _positive_int("channels", channels)
@@ -266,6 +270,8 @@ class NCSNpp(nn.Module):
                 raise ValueError(f"{name} must be finite, got {value}")
         if not init_scale >= 0.0:
             raise ValueError(f"init_scale must be >= 0, got {init_scale}")
+        if not isinstance(center_input, bool):
+            raise TypeError(f"center_input must be a bool, got {type(center_input).__name__}")
 
         self.config = dict(
             name="ncsnpp",
@@ -289,8 +295,10 @@ class NCSNpp(nn.Module):
             time_scale=float(time_scale),
             time_shift=float(time_shift),
             init_scale=float(init_scale),
+            center_input=center_input,
         )
         self.channels = channels
+        self.center_input = center_input
         self.num_levels = len(ch_mult)
         self.biggan = resblock_type == "biggan"
         self.progressive = progressive
@@ -405,6 +413,8 @@ class NCSNpp(nn.Module):
         check_image_input(x, t, self.channels, 2 ** (self.num_levels - 1))
         temb = self.embed(self.time_shift + self.time_scale * t.to(x.dtype))
         temb = self.temb_out(F.silu(self.temb_in(temb)))
+        if self.center_input:
+            x = 2 * x - 1
 
         pyramid = x
         hs = [self.conv_in(x)]
