@@ -45,6 +45,7 @@ _MODULES = (
     "data",
     "evaluation",
     "training",
+    "convert",
     "cli",
     "io",
     "distributed",
@@ -79,6 +80,7 @@ __all__ = [
     "data",
     "evaluation",
     "training",
+    "convert",
     "cli",
     "io",
     "distributed",
@@ -101,7 +103,20 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from . import cli, data, distributed, evaluation, io, losses, nets, oracles, perf, sampling, training
+    from . import (
+        cli,
+        convert,
+        data,
+        distributed,
+        evaluation,
+        io,
+        losses,
+        nets,
+        oracles,
+        perf,
+        sampling,
+        training,
+    )
     from .controllable import colorize, conditional_score, inpaint
     from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
     from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood

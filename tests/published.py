@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from diffscore import ScoreModel
-from diffscore.checkpoint import read_tensors
+from diffscore.io import read_tensors
 
 ROOT = Path(__file__).parent / "data" / "published"
 #: score_sde_pytorch fixtures: <name>/checkpoint.pth, <name>/config.json, <name>/expected.safetensors

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     ("data", {"data"}),
     ("evaluation", {"evaluation"}),
-    ("training", {"training"}),
+    ("training and conversion", {"training", "convert"}),
     ("cli", {"cli"}),
     # diffscore 0.1's module paths, forwarding to the new ones (they import only _compat)
     ("deprecated aliases", {"_compat", "train", "config", "checkpoint", "ncsn_train", "cli_controllable"}),

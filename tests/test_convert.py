@@ -17,7 +17,6 @@ import torch
 from published import DIFFUSERS, ROOT, SCORE_SDE, TOLERANCE, check_model_dir, relative_errors, score_sde_paths
 
 import diffscore as ds
-from diffscore.checkpoint import read_json, read_tensors, write_tensors
 from diffscore.convert import (
     RELEASED,
     ConversionError,
@@ -29,6 +28,7 @@ from diffscore.convert import (
     released_config,
     score_sde_spec,
 )
+from diffscore.io import read_json, read_tensors, write_tensors
 from diffscore.nets import NCSNpp, from_config, num_parameters
 from diffscore.sde import VESDE, VPSDE, SubVPSDE, sde_to_config
 
@@ -564,10 +564,18 @@ def test_output_directory_is_not_overwritten_by_default(tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    _refused(lambda: from_score_sde(checkpoint, config, out), "not empty")
-    assert (out / "keep.txt").read_text() == "mine"
+    from_score_sde(checkpoint, config, out)  # a folder with other files: the model goes beside them
+    _refused(lambda: from_score_sde(checkpoint, config, out), "already holds")
     from_score_sde(checkpoint, config, out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
     assert check_model_dir(out, "vp_ddpmpp_cifar10_continuous") < TOLERANCE
+    # a config.json diffscore did not write is never replaced, overwrite or not
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="config.json"):
+        from_score_sde(checkpoint, config, other, overwrite=True)
+    assert (other / "config.json").read_text() == "{}"
 
 
 # ---- the recipe script (examples/reproduce_sde_paper.py) ---------------------------------------------
@@ -619,3 +627,39 @@ def test_recipe_script_bits_per_dim_and_samples(tmp_path, capsys):
     from PIL import Image
 
     assert all(Image.open(f).size == (16, 16) and Image.open(f).mode == "RGB" for f in files)
+
+
+# ---- the command line ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", [*SCORE_SDE, DIFFUSERS])
+def test_cli_converts_every_fixture(tmp_path, capsys, name):
+    from diffscore.cli import main
+
+    out = tmp_path / "model"
+    if name == DIFFUSERS:
+        argv = ["convert", "diffusers", str(ROOT / DIFFUSERS), "--out", str(out)]
+    else:
+        checkpoint, config = score_sde_paths(name)
+        argv = ["convert", "score_sde_pytorch", str(checkpoint), "--config", str(config), "--out", str(out)]
+    assert main(argv) == 0
+    assert check_model_dir(out, name) < TOLERANCE  # through the CLI, then from_pretrained
+    capsys.readouterr()
+    assert main(argv) == 2  # the model is there: refused without --overwrite, in one line
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "already holds" in err[0]
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_cli_refuses_a_pickled_object_in_one_line(tmp_path, capsys):
+    import pickle
+
+    from diffscore.cli import main
+
+    bad = tmp_path / "evil.pth"
+    bad.write_bytes(pickle.dumps(Path("x"), protocol=2))  # a pickled object that is not a tensor
+    _, config = score_sde_paths("vp_ddpmpp_cifar10_continuous")
+    rc = main(
+        ["convert", "score_sde_pytorch", str(bad), "--config", str(config), "--out", str(tmp_path / "m")]
+    )
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert rc == 2 and len(err) == 1 and "evil.pth" in err[0]
+    assert not (tmp_path / "m").exists()

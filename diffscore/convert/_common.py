@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..io import read_json, read_tensors
 from ..score import ScoreModel
 
 __all__ = ["ConversionError", "read_pickle_checkpoint", "read_safetensors", "read_config", "map_tensors"]
@@ -73,8 +74,6 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
     Raises:
         FileNotFoundError: no such file. ConversionError: not a valid safetensors file (truncated, corrupt).
     """
-    from ..checkpoint import read_tensors
-
     try:
         return read_tensors(path)
     except FileNotFoundError:
@@ -89,8 +88,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     Raises:
         FileNotFoundError: no such file. ConversionError: not valid JSON, or not a JSON object.
     """
-    from ..checkpoint import read_json
-
     try:
         return read_json(path)
     except FileNotFoundError:
@@ -169,12 +166,17 @@ def map_tensors(
 
 
 def check_out_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """The output directory, refused when it exists and is not empty unless ``overwrite``."""
+    """The output directory: refused when it already holds a model unless ``overwrite`` (which replaces
+    only the model diffscore wrote there; files of anybody else's stay, and one named like a model file
+    is refused by :meth:`~diffscore.ScoreModel.save_pretrained`)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConversionError(f"out_dir {str(out)!r} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConversionError(f"out_dir {str(out)!r} exists and is not empty (overwrite=True replaces it)")
+    taken = [n for n in ("config.json", "model.safetensors") if (out / n).exists()]
+    if taken and not overwrite:
+        raise ConversionError(
+            f"out_dir {str(out)!r} already holds {taken[0]} (overwrite=True replaces a model diffscore wrote)"
+        )
     return out
 
 

@@ -429,8 +429,9 @@ def from_diffusers(model_dir: str | os.PathLike, out_dir: str | os.PathLike, ove
     """Convert a diffusers NCSN++ model (:func:`load_diffusers`) and write it as a diffscore model directory.
 
     Raises:
-        ConversionError: as :func:`load_diffusers`, or ``out_dir`` exists and is not empty (unless
+        ConversionError: as :func:`load_diffusers`, or ``out_dir`` already holds a model (unless
             ``overwrite``); nothing is written then.
+        FileExistsError: ``out_dir`` holds a file of a model's names that diffscore did not write.
     """
     check_out_dir(out_dir, overwrite)
     model, metadata = load_diffusers(model_dir)

@@ -415,8 +415,9 @@ def from_score_sde(
     the metadata, ``model.safetensors``); load it back with ``ScoreModel.from_pretrained(out_dir)``.
 
     Raises:
-        ConversionError: as :func:`load_score_sde`, or ``out_dir`` exists and is not empty (unless
+        ConversionError: as :func:`load_score_sde`, or ``out_dir`` already holds a model (unless
             ``overwrite``); nothing is written then.
+        FileExistsError: ``out_dir`` holds a file of a model's names that diffscore did not write.
     """
     from ._common import check_out_dir
 
