@@ -14,12 +14,14 @@ from typing import Any
 
 from torch import nn
 
+from .feature_classifier import FeatureClassifier
 from .gaussian import GaussianResidualNet
 from .mlp import MLPScoreNet
 from .ncsnpp import NCSNpp
 from .refinenet import NCSNRefineNet
 
 __all__ = [
+    "FeatureClassifier",
     "GaussianResidualNet",
     "MLPScoreNet",
     "NCSNpp",
