@@ -17,6 +17,7 @@ from diffscore.evaluation import (
     frechet_distance,
     inception_score,
     kid,
+    mmd2_jackknife_variance,
     mmd2_unbiased,
     polynomial_kernel,
 )
@@ -176,7 +177,16 @@ def exact_mmd2(p_pts, p_w, q_pts, q_w):
 
 
 @pytest.mark.parametrize("same", [False, True])
-def test_kid_is_unbiased_for_finite_distributions(same):
+def test_kid_is_unbiased_and_its_standard_error_covers(same):
+    """300 independent data sets of 100 + 100 draws from two finite distributions (exact MMD^2 a finite
+    sum); KID with 10 subsets of 50 on each.
+
+    Unbiased: the mean of the 300 KIDs matches the exact MMD^2 within 3 standard errors of that mean.
+    Standard error: each KID's own ``std_err`` (jackknife of the complete statistic plus the subset
+    term) gives z-scores with standard deviation near 1 (measured 1.14 for P != Q, 0.91 for P = Q; the
+    asserted band [0.6, 1.4] is wide enough for the sampling error of an sd from 300 heavy-tailed
+    ratios) and covers the exact value at 3 s.e. in >= 95% of the data sets (measured 97.7%, 99%).
+    """
     g = torch.Generator().manual_seed(11)
     d = 4
     # P: 6 points; Q: the same points moved by 0.3 sd plus one more point, other weights
@@ -189,20 +199,34 @@ def test_kid_is_unbiased_for_finite_distributions(same):
     if same:
         q_pts, q_w = p_pts, p_w
     exact = exact_mmd2(p_pts, p_w, q_pts, q_w)
-    # Pools 20x larger than all subsets together (200 x 20), so the subsets are nearly independent samples
-    # and std_err is the standard error of the mean (the pool's own sampling adds ~1/20 of the variance).
-    m, s = 20, 200
-    a, b = discrete(p_pts, p_w, 20 * m * s, g), discrete(q_pts, q_w, 20 * m * s, g)
-    res = kid(a, b, num_subsets=s, subset_size=m, generator=torch.Generator().manual_seed(0))
-    assert res.subset_size == m and res.values.shape == (s,)
-    assert abs(res.mean - exact) <= 3 * res.std_err
+    reps, m = 300, 50
+    means, z = torch.empty(reps, dtype=F64), torch.empty(reps, dtype=F64)
+    for r in range(reps):
+        res = kid(discrete(p_pts, p_w, 100, g), discrete(q_pts, q_w, 100, g), 10, m, generator=g)
+        means[r], z[r] = res.mean, (res.mean - exact) / res.std_err
+    se = float(means.std()) / math.sqrt(reps)
+    assert abs(float(means.mean()) - exact) <= 3 * se
+    assert 0.6 <= float(z.std()) <= 1.4 and float((z.abs() <= 3).double().mean()) >= 0.95
     # The check has power: the biased (V-statistic) estimator's expectation exceeds MMD^2 by
     # (E k(x, x) - E k(x, x')) / m + (E k(y, y) - E k(y, y')) / m, many standard errors here.
-    diag = float(p_w @ polynomial_kernel(p_pts, p_pts).diagonal()) + float(
-        q_w @ polynomial_kernel(q_pts, q_pts).diagonal()
-    )
-    within = float(p_w @ polynomial_kernel(p_pts, p_pts) @ p_w + q_w @ polynomial_kernel(q_pts, q_pts) @ q_w)
-    assert (diag - within) / m > 10 * res.std_err
+    kp, kq = polynomial_kernel(p_pts, p_pts), polynomial_kernel(q_pts, q_pts)
+    diag = float(p_w @ kp.diagonal()) + float(q_w @ kq.diagonal())
+    within = float(p_w @ kp @ p_w + q_w @ kq @ q_w)
+    assert (diag - within) / m > 10 * se
+
+
+def test_jackknife_matches_brute_force_leave_one_out():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(6, 3, generator=g, dtype=F64), torch.randn(5, 3, generator=g, dtype=F64) + 0.3
+
+    def u(a, b):
+        return float(mmd2_unbiased(polynomial_kernel(a, a), polynomial_kernel(b, b), polynomial_kernel(a, b)))
+
+    loo_x = torch.tensor([u(torch.cat([x[:i], x[i + 1 :]]), y) for i in range(6)], dtype=F64)
+    loo_y = torch.tensor([u(x, torch.cat([y[:j], y[j + 1 :]])) for j in range(5)], dtype=F64)
+    expected = 5 / 6 * (loo_x - loo_x.mean()).square().sum() + 4 / 5 * (loo_y - loo_y.mean()).square().sum()
+    value, var = mmd2_jackknife_variance(x, y)
+    assert value == pytest.approx(u(x, y), rel=1e-12) and var == pytest.approx(float(expected), rel=1e-10)
 
 
 def test_kid_rejects_mismatched_features():

@@ -30,6 +30,7 @@ from .quality import (
     frechet_distance,
     inception_score,
     kid,
+    mmd2_jackknife_variance,
     mmd2_unbiased,
     polynomial_kernel,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "inception_evaluator",
     "inception_score",
     "kid",
+    "mmd2_jackknife_variance",
     "mmd2_unbiased",
     "polynomial_kernel",
     "quality_report",

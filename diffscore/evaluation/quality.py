@@ -43,6 +43,7 @@ __all__ = [
     "fid",
     "polynomial_kernel",
     "mmd2_unbiased",
+    "mmd2_jackknife_variance",
     "kid",
     "inception_score",
 ]
@@ -265,14 +266,14 @@ def fid(a: Tensor | FeatureStats, b: Tensor | FeatureStats) -> float:
 
 
 # ---- kernel inception distance ------------------------------------------------------------------------
-def _stored_features(name: str, a: Tensor | FeatureStats) -> Tensor:
+def _stored_features(name: str, a: Tensor | FeatureStats, min_rows: int = 2) -> Tensor:
     if isinstance(a, FeatureStats):
         if a.features is None:
             raise ValueError(
                 f"{name}: these statistics hold no features, which KID needs (keep_features=True)"
             )
         a = a.features
-    return _features(name, a)
+    return _features(name, a, min_rows)
 
 
 def polynomial_kernel(
@@ -306,6 +307,46 @@ def mmd2_unbiased(k_xx: Tensor, k_yy: Tensor, k_xy: Tensor) -> Tensor:
     return xx + yy - 2 * k_xy.mean()
 
 
+def _row_sums(x: Tensor, y: Tensor, degree: int, chunk: int = 2048) -> Tensor:
+    """``sum_j k(x_i, y_j)`` for every i, computed in row blocks (no N x M matrix is kept)."""
+    return torch.cat([polynomial_kernel(block, y, degree).sum(1) for block in x.split(chunk)])
+
+
+def mmd2_jackknife_variance(x: Tensor, y: Tensor, degree: int = 3) -> tuple[float, float]:
+    """The complete unbiased MMD^2 of two samples and the jackknife estimate of its variance.
+
+    Two-sample delete-one jackknife (Arvesen 1969): with ``U_{-i}`` the estimate without ``x_i`` and
+    ``U_{-j}`` without ``y_j`` (each O(1) from the kernel matrices' row sums),
+
+        V = (m - 1)/m sum_i (U_{-i} - mean U_{-i})^2 + (n - 1)/n sum_j (U_{-j} - mean U_{-j})^2.
+
+    For U-statistics the jackknife variance is biased upwards in expectation (Efron & Stein 1981), so
+    ``sqrt(V)`` is a conservative standard error, also when the two distributions are equal (where the
+    estimator's first-order variance vanishes). Cost O((m + n)^2 F), memory O((m + n) * 2048).
+
+    Args:
+        x: (m, F), y: (n, F) features, m, n >= 3. degree: of the kernel ``(x . y / F + 1)^degree``.
+
+    Returns:
+        ``(mmd2, variance)`` as floats.
+    """
+    m, n = x.shape[0], y.shape[0]
+    if m < 3 or n < 3:
+        raise ValueError(f"the jackknife needs at least 3 rows in each set, got {m} and {n}")
+    kx_diag = ((x * x).sum(1) / x.shape[1] + 1).pow(degree)
+    ky_diag = ((y * y).sum(1) / y.shape[1] + 1).pow(degree)
+    rx = _row_sums(x, x, degree) - kx_diag  # sum_{j != i} k(x_i, x_j)
+    ry = _row_sums(y, y, degree) - ky_diag
+    cx = _row_sums(x, y, degree)  # sum_j k(x_i, y_j)
+    cy = _row_sums(y, x, degree)  # sum_i k(x_i, y_j)
+    sxx, syy, sxy = rx.sum(), ry.sum(), cx.sum()
+    a, b, c = sxx / (m * (m - 1)), syy / (n * (n - 1)), sxy / (m * n)
+    u_x = (sxx - 2 * rx) / ((m - 1) * (m - 2)) + b - 2 * (sxy - cx) / ((m - 1) * n)
+    u_y = a + (syy - 2 * ry) / ((n - 1) * (n - 2)) - 2 * (sxy - cy) / (m * (n - 1))
+    var = (m - 1) / m * (u_x - u_x.mean()).square().sum() + (n - 1) / n * (u_y - u_y.mean()).square().sum()
+    return float(a + b - 2 * c), float(var)
+
+
 @dataclass(frozen=True)
 class KIDResult:
     """Kernel distance over subsets.
@@ -313,11 +354,15 @@ class KIDResult:
     Attributes:
         mean: mean over the subsets of the unbiased MMD^2 (the KID).
         std: standard deviation over the subsets (divisor S - 1; torch-fidelity's "KID std" uses S,
-            which is smaller by a factor sqrt((S - 1) / S)).
-        std_err: ``std / sqrt(num_subsets)``, the standard error of ``mean`` as an estimate of the
-            population MMD^2 when the subsets are (nearly) independent samples, i.e. when
-            ``num_subsets * subset_size`` is at most about the pool size; with heavily overlapping
-            subsets of a small pool it only measures the Monte Carlo error of the subset average.
+            which is smaller by a factor sqrt((S - 1) / S)). It measures how much one subset's
+            estimate varies, not the uncertainty of ``mean``.
+        std_err: standard error of ``mean`` as an estimate of the population MMD^2:
+            ``sqrt(V_jack + std^2 / S)``. The subsets average to the complete U-statistic of the two
+            full sets (conditionally on them), so the variance of ``mean`` is that of the complete
+            statistic, estimated by :func:`mmd2_jackknife_variance` (conservative), plus the Monte
+            Carlo variance of averaging S subsets, ``std^2 / S``. Without the jackknife
+            (``jackknife=False``) only the second term: right only when the pools are much larger
+            than ``S * subset_size``.
         num_subsets, subset_size: as used (``subset_size`` capped at the smaller pool).
         values: (num_subsets,) the per-subset estimates.
     """
@@ -331,12 +376,13 @@ class KIDResult:
 
 
 def kid(
-    a: Tensor,
-    b: Tensor,
+    a: Tensor | FeatureStats,
+    b: Tensor | FeatureStats,
     num_subsets: int = 100,
     subset_size: int = 1000,
     generator: torch.Generator | None = None,
     degree: int = 3,
+    jackknife: bool | None = None,
 ) -> KIDResult:
     """Kernel Inception Distance: the unbiased MMD^2 with ``(x . y / F + 1)^degree``, over random subsets.
 
@@ -344,23 +390,26 @@ def kid(
     without replacement (independently for every subset), as torch-fidelity and Binkowski et al. 2018
     (App. D) do, and computes :func:`mmd2_unbiased`; the result is their mean and spread. Unbiased:
     for every subset size, the expected value is the population MMD^2 (which is 0 iff the two
-    distributions have equal moments up to ``degree``, for this kernel).
+    distributions have equal moments up to ``degree``, for this kernel). The standard error accounts
+    for the finite sets as well as for the subsets (see :class:`KIDResult`).
 
     Args:
-        a, b: (N_a, F) and (N_b, F) features, N >= 2, or :class:`FeatureStats` that kept them.
+        a, b: (N_a, F) and (N_b, F) features, N >= 3, or :class:`FeatureStats` that kept them.
         num_subsets: S >= 1 (reference: 100).
         subset_size: m >= 2 (reference: 1000), capped at min(N_a, N_b).
         generator: CPU torch.Generator for the subsets (default: torch's global one).
         degree: polynomial degree (reference: 3).
+        jackknife: include the jackknife variance of the complete statistic in ``std_err``; default
+            (None): when both sets have at most 20 000 rows (its cost is O((N_a + N_b)^2 F)).
 
     Returns:
-        :class:`KIDResult` (mean, std, std_err over subsets).
+        :class:`KIDResult`.
 
     Raises:
         ValueError / TypeError: bad features (see :func:`feature_stats`), different feature
             dimensions, bad counts.
     """
-    x, y = _stored_features("a", a), _stored_features("b", b)
+    x, y = _stored_features("a", a, 3), _stored_features("b", b, 3)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {x.shape[1]} and {y.shape[1]}")
     _count("num_subsets", num_subsets, 1)
@@ -376,7 +425,12 @@ def kid(
             polynomial_kernel(xs, ys, degree),
         )
     std = float(values.std()) if num_subsets > 1 else 0.0
-    return KIDResult(float(values.mean()), std, std / math.sqrt(num_subsets), num_subsets, m, values)
+    if jackknife is None:
+        jackknife = max(x.shape[0], y.shape[0]) <= 20_000
+    var = std**2 / num_subsets
+    if jackknife:
+        var += mmd2_jackknife_variance(x, y, degree)[1]
+    return KIDResult(float(values.mean()), std, math.sqrt(var), num_subsets, m, values)
 
 
 # ---- Inception Score ----------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Every network is an ``nn.Module`` mapping ``(x, t) -> like x`` (the RefineNet ta
 ``sigma`` instead of ``t``) and carries ``net.config``, a JSON-serialisable dict of its constructor
 arguments plus ``"name"``, so that ``from_config(net.config)`` rebuilds the same architecture.
 ``build(preset, **overrides)`` builds a named configuration (see ``PRESETS`` and docs/networks.md).
+
+Also here, not a score network (so not in ``NETS``): ``FeatureClassifier``, the small image classifier
+whose features give the digits FID (:mod:`diffscore.evaluation.digits`, docs/quality.md).
 """
 
 from __future__ import annotations
