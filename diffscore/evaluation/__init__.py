@@ -1,22 +1,19 @@
 """Evaluation: sample-quality metrics (FID, KID, Inception Score) and the digits feature extractor.
 
-``quality``: the metrics on features, in float64, with any feature extractor. ``digits``: the digits
-classifier (trained on the digits train split, cached) whose features give the "digits FID", and
-the front-ends that score image sets. ``inception``: torch-fidelity's Inception-v3 (optional extra
+``quality``: the metrics on features, in float64, with any feature extractor. ``sample_quality``:
+:class:`QualityEvaluator` (an extractor plus image conventions) and the main job's quality report.
+``digits``: the digits classifier (trained on the digits train split, cached) whose features give
+the "digits FID". ``inception``: torch-fidelity's Inception-v3 (optional extra
 ``diffscore[metrics]``, local weights file) as an extractor for the standard FID / KID / IS.
 """
 
 from __future__ import annotations
 
 from .digits import (
+    DIGITS_RECIPE,
     ClassifierFeatures,
-    QualityEvaluator,
-    QualityScores,
     digits_classifier,
     digits_evaluator,
-    format_quality_report,
-    gaussian_fit_samples,
-    quality_report,
     train_feature_classifier,
 )
 from .inception import INCEPTION_WEIGHTS_FILE, InceptionFeatures, MetricsUnavailableError, inception_evaluator
@@ -34,8 +31,16 @@ from .quality import (
     mmd2_unbiased,
     polynomial_kernel,
 )
+from .sample_quality import (
+    QualityEvaluator,
+    QualityScores,
+    format_quality_report,
+    gaussian_fit_samples,
+    quality_report,
+)
 
 __all__ = [
+    "DIGITS_RECIPE",
     "ClassifierFeatures",
     "FeatureStats",
     "INCEPTION_WEIGHTS_FILE",

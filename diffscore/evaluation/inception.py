@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data import quantize
-from .digits import QualityEvaluator
+from .sample_quality import QualityEvaluator
 
 __all__ = [
     "INCEPTION_WEIGHTS_FILE",
