@@ -10,7 +10,7 @@ domain-specific: comparable between models evaluated with the same extractor (sa
 training recipe, same split), never with Inception FIDs.
 
 The extractor is trained deterministically (seeded initialisation, data order and dequantization
-noise, CPU, float32, about 10 s on one core) and cached as ``model.safetensors`` + ``config.json`` in a
+noise, CPU, float32, 10 to 25 s on one CPU core) and cached as ``model.safetensors`` + ``config.json`` in a
 folder (:func:`digits_classifier`); a cache written with other settings is retrained, not reused.
 
 Images enter the evaluator (:class:`~diffscore.evaluation.QualityEvaluator`) either as integers
