@@ -5,6 +5,9 @@ Every network is an ``nn.Module`` mapping ``(x, t) -> like x`` (the RefineNet ta
 ``sigma`` instead of ``t``) and carries ``net.config``, a JSON-serialisable dict of its constructor
 arguments plus ``"name"``, so that ``from_config(net.config)`` rebuilds the same architecture.
 ``build(preset, **overrides)`` builds a named configuration (see ``PRESETS`` and docs/networks.md).
+
+Also here, not a score network (so not in ``NETS``): ``FeatureClassifier``, the small image classifier
+whose features give the digits FID (:mod:`diffscore.evaluation.digits`, docs/quality.md).
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from typing import Any
 from torch import nn
 
 from .classifier import TimeDependentClassifier, load_classifier, save_classifier
+from .feature_classifier import FeatureClassifier
 from .gaussian import GaussianResidualNet
 from .mlp import MLPScoreNet
 from .ncsnpp import NCSNpp
 from .refinenet import NCSNRefineNet
 
 __all__ = [
+    "FeatureClassifier",
     "GaussianResidualNet",
     "MLPScoreNet",
     "NCSNpp",
