@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 
@@ -22,6 +24,7 @@ SMOKE = [
     "val_limit=16",
     "test_limit=12",
     "num_samples=4",
+    "quality_samples=64",
     "net_options.hidden=64",
     "net_options.depth=2",
     "log_every=50",
@@ -35,8 +38,27 @@ def run(tmp_path_factory):
     argv = ["train", "--out", str(out), "--no-progress"]
     for item in SMOKE:
         argv += ["--set", item]
-    assert main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    PRINTED[out] = printed.getvalue()
     return out
+
+
+#: What the fixture's `diffscore train` printed.
+PRINTED: dict = {}
+
+
+def test_train_reports_sample_quality(run):
+    quality = json.loads((run / "results.json").read_text())["sample_quality"]
+    assert {quality[k]["num"] for k in ("samples", "floor", "gaussian")} == {64}
+    # with the digits extractor the training images score far closer to the test split than draws of
+    # the Gaussian fit (at 1000 images 0.5 against 7; tests/test_quality_digits.py), whatever the model
+    assert quality["floor"]["fid"] < 0.5 * quality["gaussian"]["fid"]
+    line = next(line for line in PRINTED[run].splitlines() if line.startswith("sample quality"))
+    assert f"samples {quality['samples']['fid']:.2f} / " in line
+    assert f"floor (train images) {quality['floor']['fid']:.2f} / " in line
+    assert (run / "digits_classifier" / "model.safetensors").is_file()  # the extractor, cached
 
 
 def numbers(line: str) -> dict[str, float]:
@@ -63,7 +85,8 @@ def test_train_writes_checkpoint_metrics_model_and_samples(run, capsys):
     with Image.open(run / "samples.png") as im:
         assert im.size == (2 * 64 + 3 * 2, 2 * 64 + 3 * 2)
     samples = load_file(run / "samples.safetensors")
-    assert samples["samples"].shape == (4, 1, 8, 8) and samples["samples_int"].max() <= 16
+    # the 64 samples the quality report scored; the grid shows the first num_samples = 4 of them
+    assert samples["samples"].shape == (64, 1, 8, 8) and samples["samples_int"].max() <= 16
 
     results = json.loads((run / "results.json").read_text())
     assert results["test_bpd"]["n"] == 12 and results["steps"] == 300

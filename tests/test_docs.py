@@ -40,6 +40,7 @@ TINY_RUN = [
     "val_limit=16",
     "test_limit=16",
     "num_samples=4",
+    "quality_samples=0",
     "net_options.hidden=64",
     "net_options.depth=2",
 ]

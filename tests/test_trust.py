@@ -42,6 +42,7 @@ TINY = [
     "val_limit=4",
     "test_limit=4",
     "num_samples=4",
+    "quality_samples=0",
     "sample_options.num_steps=5",
 ]
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..data import bin_centers, quantize
+from ..data import bin_centers, gaussian_moments, quantize
 from .quality import (
     FeatureStats,
     ISResult,
@@ -165,15 +165,10 @@ def gaussian_fit_samples(
     baseline of the main job's bits/dim); the draws are quantized (:func:`diffscore.data.quantize`) like
     model samples. Returns uint8 (num, *image shape).
     """
-    lo, hi = (float(v) for v in data_range)
-    s = (hi - lo) / num_bins
-    x = train.reshape(train.shape[0], -1).to(torch.float64)
-    m = x.mean(0)
-    cov = s * s * (torch.cov(x.T, correction=0) + torch.eye(x.shape[1], dtype=torch.float64) / 12)
-    chol = torch.linalg.cholesky(cov)
-    z = torch.randn((num, x.shape[1]), generator=generator, dtype=torch.float64)
-    y = lo + s * (m + 0.5) + z @ chol.T
-    return quantize(y, num_bins, (lo, hi)).reshape(num, *train.shape[1:])
+    mean, cov = gaussian_moments(train, num_bins, data_range, torch.float64)
+    z = torch.randn((num, mean.shape[0]), generator=generator, dtype=torch.float64)
+    y = mean + z @ torch.linalg.cholesky(cov).T
+    return quantize(y, num_bins, data_range).reshape(num, *train.shape[1:])
 
 
 def quality_report(

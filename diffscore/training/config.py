@@ -65,7 +65,8 @@ class TrainConfig:
         val_divergence / test_divergence ("exact" or "hutchinson"), likelihood_eps, rtol, atol,
         eval_batch_size (images per ODE solve; several processes split the batches),
         val_limit / test_limit (evaluate the first N images only; None = all).
-    Output: checkpoint_every, keep_checkpoints, log_every, num_samples, sample_method,
+    Output: checkpoint_every, keep_checkpoints, log_every, num_samples (the grid), quality_samples
+        (digits: samples scored by digits FID / KID against the test split; 0: none), sample_method,
         sample_options (passed to :func:`diffscore.sample`).
     """
 
@@ -118,6 +119,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 50
     num_samples: int = 64
+    quality_samples: int = 1000
     sample_method: str = "pc"
     sample_options: dict[str, Any] = field(default_factory=lambda: {"num_steps": 500})
 
@@ -136,7 +138,7 @@ class TrainConfig:
             raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {self.data_range}")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("warmup", "keep_checkpoints", "num_samples", "seed", "split_seed"):
+        for name in ("warmup", "keep_checkpoints", "num_samples", "quality_samples", "seed", "split_seed"):
             _check_int(name, getattr(self, name), 0)
         for name in ("val_limit", "test_limit"):
             if getattr(self, name) is not None:
@@ -374,6 +376,7 @@ RESUMABLE = (
     "test_limit",
     "test_divergence",
     "num_samples",
+    "quality_samples",
     "sample_method",
     "sample_options",
 )

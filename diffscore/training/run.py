@@ -16,10 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .. import distributed as dd
 from ..data import save_image_grid
-from ..evaluation import evaluate_bpd, gaussian_baseline_bpd, generate_samples, summarize
+from ..evaluation import (
+    digits_evaluator,
+    evaluate_bpd,
+    format_quality_report,
+    gaussian_baseline_bpd,
+    generate_samples,
+    quality_report,
+    summarize,
+)
 from ..io import (
     LOCK,
     claim,
@@ -46,6 +55,7 @@ RUN_FILES = (
     "results.json",
     "samples.png",
     "samples.safetensors",
+    "digits_classifier",
 )
 
 
@@ -142,8 +152,11 @@ def _train_score_model(
     model_dir = trainer.export()
     model = trainer.best_model()
     evaluation = _evaluate_test(trainer, model, progress)
-    grid = _draw_samples(trainer, model, out)
+    grid, samples_int = _draw_samples(trainer, model, out)
+    quality = _sample_quality(trainer, samples_int, out, echo)
     results = _results(trainer, evaluation, grid, train_seconds, time.perf_counter() - start)
+    if quality is not None:
+        results["sample_quality"] = quality
     if trainer.is_main:
         write_json(claim(out / "results.json"), results)
     _report(trainer, results, model_dir, echo)
@@ -276,12 +289,21 @@ def _evaluate_test(trainer: Trainer, model: torch.nn.Module, progress: bool) -> 
     return {"test": test_stats, "baseline": base_stats, "nfe": nfe, "seconds": seconds}
 
 
-def _draw_samples(trainer: Trainer, model: torch.nn.Module, out: Path) -> Path:
-    """``num_samples`` samples of ``model``: ``samples.png`` (a grid) and ``samples.safetensors``."""
+def _quality_samples(trainer: Trainer) -> int:
+    """How many samples the digits FID / KID scores (0: no sample-quality report for this run)."""
     cfg = trainer.config
+    return cfg.quality_samples if cfg.dataset == "digits" and trainer.is_main else 0
+
+
+def _draw_samples(trainer: Trainer, model: torch.nn.Module, out: Path) -> tuple[Path, Tensor]:
+    """Samples of ``model``: the first ``num_samples`` as ``samples.png`` (a grid), all of them (as many as
+    the quality report needs) in ``samples.safetensors``. Each sample has its own seed, so the grid is
+    the same however many are drawn. Returns the grid's path and the samples' bins."""
+    cfg = trainer.config
+    num = max(cfg.num_samples, dd.broadcast_object(_quality_samples(trainer)))
     samples, samples_int = generate_samples(
         model,
-        cfg.num_samples,
+        num,
         trainer.image_shape,
         trainer.num_bins,
         trainer.data_range,
@@ -292,10 +314,35 @@ def _draw_samples(trainer: Trainer, model: torch.nn.Module, out: Path) -> Path:
     grid = out / "samples.png"
     if trainer.is_main:
         nrow = math.ceil(math.sqrt(cfg.num_samples))
-        save_image_grid(samples_int, claim(grid), nrow=nrow, num_bins=trainer.num_bins)
+        save_image_grid(samples_int[: cfg.num_samples], claim(grid), nrow=nrow, num_bins=trainer.num_bins)
         tensors = {"samples": samples, "samples_int": samples_int}
         write_tensors(claim(out / "samples.safetensors"), tensors)
-    return grid
+    return grid, samples_int
+
+
+def _sample_quality(
+    trainer: Trainer, samples_int: Tensor, out: Path, echo: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """Digits FID / KID of the samples against the test split, beside the floor (as many train images)
+    and the Gaussian fit's samples (:func:`diffscore.evaluation.quality_report`); the digits feature
+    extractor is trained once and cached in ``<out>/digits_classifier``. None when not a digits run."""
+    num = _quality_samples(trainer)
+    if num == 0:
+        return None
+    cfg = trainer.config
+    evaluator = digits_evaluator(
+        claim(out / "digits_classifier"),
+        seed=cfg.seed,
+        split_seed=cfg.split_seed,
+        data_range=trainer.data_range,
+        echo=echo,
+    )
+    test = trainer.test_data if trainer.test_data is not None else load_splits(cfg)["test"]
+    report = quality_report(
+        evaluator, samples_int[:num], trainer.train_data.images, test.images, seed=cfg.seed
+    )
+    trainer.log({"event": "sample_quality", "step": trainer.step, **report})
+    return report
 
 
 def _results(
@@ -341,6 +388,8 @@ def _report(
         f"Gaussian baseline (full-covariance fit to the dequantized train split, closed form): "
         f"mean {base['mean']:.3f}  median {base['median']:.3f}  worst {base['worst']:.3f}"
     )
+    if "sample_quality" in results:
+        echo(format_quality_report(results["sample_quality"]))
     out = trainer.out_dir
     echo(
         f"wrote {model_dir}, {out / 'metrics.jsonl'}, {results['samples']}; "
