@@ -176,3 +176,28 @@ def test_usage_errors_are_clear(run, tmp_path, capsys):
     assert "--input must hold a batch shaped (B, 1, 8, 8)" in capsys.readouterr().err
     assert main(["decode", "--model", str(run), "--input", str(tmp_path / "ints.pt"), "--output", out]) == 2
     assert "--input must hold floating-point data" in capsys.readouterr().err
+
+
+def test_fid_command_reproduces_the_training_report(run, capsys, tmp_path):
+    # the same 64 samples (per-sample seeds 0..63, pc with the run's 500 steps) and the same cached
+    # extractor as the main job: the same FID to round-off
+    quality = json.loads((run / "results.json").read_text())["sample_quality"]["samples"]
+    stats, scores = tmp_path / "test_stats.safetensors", tmp_path / "fid.json"
+    argv = ["fid", "--model", str(run), "--num", "64", "--method", "pc", "--steps", "500", "--no-progress"]
+    assert main([*argv, "--save-reference", str(stats), "--output", str(scores)]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("digits FID ") and "against the digits test split, 297 images" in line
+    got = json.loads(scores.read_text())
+    assert got["fid"] == pytest.approx(quality["fid"], rel=1e-9)
+    assert got["kid"] == pytest.approx(quality["kid"], rel=1e-9)
+    # against the saved reference statistics: the same numbers again
+    assert main([*argv, "--reference-stats", str(stats), "--output", str(tmp_path / "again.json")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["fid"] == pytest.approx(got["fid"], rel=1e-9)
+
+
+def test_fid_command_without_inception_weights_is_one_line(run, capsys, tmp_path):
+    missing = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    argv = ["fid", "--model", str(run), "--extractor", "inception", "--inception-weights", str(missing)]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and str(missing) in err[0]

@@ -29,7 +29,7 @@ from .common import (
 )
 
 
-def _sample_options(args: argparse.Namespace) -> dict[str, Any]:
+def sample_options(args: argparse.Namespace) -> dict[str, Any]:
     """The sampler options given on the command line (only those given: the sampler keeps its defaults)."""
     options: dict[str, Any] = {}
     for flag, key in (("steps", "num_steps"), ("rtol", "rtol"), ("atol", "atol"), ("eps", "eps")):
@@ -61,7 +61,7 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
     shape = tuple(metadata.get("image_shape") or ())
     if not shape:
         raise ValueError("the model's config.json has no metadata.image_shape; cannot choose a sample shape")
-    options = _sample_options(args)
+    options = sample_options(args)
     start = time.perf_counter()
     x, x_int = generate_samples(
         model,
@@ -125,12 +125,8 @@ def run_decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: Any) -> None:
-    """Register ``sample``, ``encode`` and ``decode`` on the subparsers of the ``diffscore`` parser."""
-    p = sub.add_parser("sample", help="draw samples: a PNG grid and the raw tensors")
-    add_model_arg(p)
-    p.add_argument("--num", type=positive_int, default=64, help="number of samples")
-    p.add_argument("--method", default="ode", help="ode, sde, pc, heun, dpm_solver, sde_adaptive")
+def add_sampler_args(p: argparse.ArgumentParser) -> None:
+    """The sampler's options (read back by :func:`sample_options`), its seed and its batch size."""
     p.add_argument("--steps", type=positive_int, default=None, help="num_steps of fixed-step methods")
     p.add_argument("--rtol", type=float, default=None, help="ode / adaptive tolerance")
     p.add_argument("--atol", type=float, default=None)
@@ -146,6 +142,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--batch-size", type=positive_int, default=None, help="samples per solve (default: all at once)"
     )
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``sample``, ``encode`` and ``decode`` on the subparsers of the ``diffscore`` parser."""
+    p = sub.add_parser("sample", help="draw samples: a PNG grid and the raw tensors")
+    add_model_arg(p)
+    p.add_argument("--num", type=positive_int, default=64, help="number of samples")
+    p.add_argument("--method", default="ode", help="ode, sde, pc, heun, dpm_solver, sde_adaptive")
+    add_sampler_args(p)
     p.add_argument("--nrow", type=positive_int, default=None)
     p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
     p.add_argument(

@@ -1,0 +1,161 @@
+"""``diffscore fid``: FID, KID and Inception Score of a model's samples (or of a folder of images) against a
+reference set (docs/quality.md).
+
+The extractor is the digits classifier for digits models (the "digits FID", trained once and cached;
+no download) and Inception-v3 otherwise (``--inception-weights``, optional extra ``diffscore[metrics]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import bin_centers, load_image_folder
+from ..evaluation import (
+    INCEPTION_WEIGHTS_FILE,
+    FeatureStats,
+    QualityEvaluator,
+    digits_evaluator,
+    generate_samples,
+    inception_evaluator,
+)
+from ..io import atomic_write, check_output, claim, owns, read_tensor
+from ..training import TrainConfig, load_splits
+from .common import (
+    add_model_arg,
+    add_runtime_args,
+    check_outputs,
+    data_info,
+    load_model,
+    model_dir,
+    positive_int,
+)
+from .generate import add_sampler_args, sample_options
+
+SPLITS = ("train", "validation", "test")
+
+
+def _evaluator(args: argparse.Namespace, metadata: dict[str, Any]) -> tuple[QualityEvaluator, str]:
+    num_bins, data_range = data_info(metadata)
+    extractor = args.extractor or ("digits" if metadata.get("dataset") == "digits" else "inception")
+    if extractor == "inception":
+        if args.inception_weights is None:
+            raise ValueError(
+                "--extractor inception needs --inception-weights PATH (a local file: no download)"
+            )
+        ev = inception_evaluator(
+            args.inception_weights, num_bins=num_bins, data_range=data_range, device=args.device
+        )
+        return ev, "Inception"
+    if metadata.get("dataset") != "digits":
+        raise ValueError("--extractor digits scores digits models only; use --extractor inception")
+    directory = model_dir(args.model)
+    cache = None
+    if args.extractor_cache is not None:
+        cache = Path(args.extractor_cache)
+    elif owns(directory):  # the model of a training run: cache the extractor beside it, in the run folder
+        cache = claim(directory.parent / "digits_classifier")
+    split_seed = (metadata.get("train_config") or {}).get("split_seed", 0)
+    ev = digits_evaluator(cache, split_seed=split_seed, data_range=data_range, device=args.device, echo=print)
+    return ev, "digits"
+
+
+def _reference(
+    args: argparse.Namespace, metadata: dict[str, Any], ev: QualityEvaluator
+) -> tuple[FeatureStats, str]:
+    if args.reference_stats is not None:
+        return FeatureStats.load(args.reference_stats), str(args.reference_stats)
+    if args.reference in SPLITS:
+        config = (
+            TrainConfig.from_dict(metadata["train_config"]) if "train_config" in metadata else TrainConfig()
+        )
+        if args.data_root is not None:
+            config = TrainConfig.from_dict({**config.to_dict(), "data_root": args.data_root})
+        images = load_splits(config)[args.reference].images
+        return ev.reference(images), f"the {config.dataset} {args.reference} split"
+    return ev.reference(_folder_images(args.reference, metadata, ev)), str(args.reference)
+
+
+def _folder_images(path: str, metadata: dict[str, Any], ev: QualityEvaluator) -> torch.Tensor:
+    """The images of a folder, as floats on the model's data range (their bins' centres)."""
+    shape = tuple(metadata.get("image_shape") or ())
+    if len(shape) != 3:
+        raise ValueError("the model's config.json has no (C, H, W) metadata.image_shape to read images at")
+    folder = load_image_folder(path, shape[1], shape[0])
+    return bin_centers(folder.images, folder.num_bins, ev.data_range)
+
+
+def run_fid(args: argparse.Namespace) -> int:
+    check_outputs(
+        [(args.output, (".json",), "--output"), (args.save_reference, (".safetensors",), "--save-reference")]
+    )
+    model, metadata = load_model(args)
+    ev, label = _evaluator(args, metadata)
+    reference, against = _reference(args, metadata, ev)
+    if args.save_reference is not None:
+        reference.save(args.save_reference, metadata={"extractor": label, "reference": against})
+    start = time.perf_counter()
+    if args.samples is not None:
+        path = Path(args.samples)
+        images = (
+            _folder_images(args.samples, metadata, ev)
+            if path.is_dir()
+            else read_tensor(path, ("samples_int", "samples"))
+        )
+        what = f"{images.shape[0]} images of {args.samples}"
+    else:
+        num_bins, data_range = data_info(metadata)
+        shape = tuple(metadata.get("image_shape") or ())
+        _, images = generate_samples(
+            model, args.num, shape, num_bins, data_range, args.method, args.seed,
+            batch_size=args.batch_size, progress=not args.no_progress, **sample_options(args),
+        )  # fmt: skip
+        what = f"{args.num} samples ({args.method})"
+    scores = ev.score(images, reference).to_dict()
+    kid = f"KID x 1e3 {1e3 * scores['kid']:.2f} +- {1e3 * scores['kid_std_err']:.2f}"
+    score = "" if scores["is"] is None else f"  IS {scores['is']:.2f} +- {scores['is_std']:.2f}"
+    print(
+        f"{label} FID {scores['fid']:.3f}  {kid}{score}  ({what} against {against}, {reference.num} images; "
+        f"{time.perf_counter() - start:.0f} s)"
+    )
+    if args.output is not None:
+        text = json.dumps({**scores, "extractor": label, "reference": against, "samples": what}, indent=2)
+        atomic_write(check_output(args.output, (".json",), "--output"), lambda f: f.write(text.encode()))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``fid`` on the subparsers of the ``diffscore`` parser."""
+    p = sub.add_parser("fid", help="FID / KID / IS of a model's samples against a reference set")
+    add_model_arg(p)
+    p.add_argument(
+        "--reference", default="test", help="train, validation, test (the model's data) or a folder of images"
+    )
+    p.add_argument(
+        "--reference-stats", default=None, help="saved reference statistics (.safetensors) instead"
+    )
+    p.add_argument(
+        "--save-reference", default=None, help="write the reference statistics here (.safetensors)"
+    )
+    p.add_argument(
+        "--data-root", default=None, help="where the model's dataset lies (cifar10, mnist, images)"
+    )
+    p.add_argument(
+        "--samples", default=None, help="score these images (a folder or tensor file), not new samples"
+    )
+    p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
+    p.add_argument("--method", default="pc", help="the sampler (see diffscore sample)")
+    add_sampler_args(p)
+    p.add_argument(
+        "--extractor", choices=("digits", "inception"), default=None, help="default: digits for digits models"
+    )
+    p.add_argument("--inception-weights", default=None, help=f"the local file {INCEPTION_WEIGHTS_FILE}")
+    p.add_argument("--extractor-cache", default=None, help="folder caching the digits extractor")
+    p.add_argument("--output", default=None, help="also write the scores as JSON")
+    add_runtime_args(p, progress=True)
+    p.set_defaults(func=run_fid)
