@@ -53,7 +53,7 @@ def blocks(page: Path, lang: str) -> list[str]:
 def commands(page: Path) -> list[str]:
     """The shell commands of a page's bash blocks, continuation lines joined, comments dropped."""
     out = []
-    for block in blocks(page, "bash"):
+    for block in blocks(page, "bash") + blocks(page, "sh"):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line and not line.startswith("#"):
@@ -124,7 +124,12 @@ def test_commands_parse_and_run(page, command, workdir):
 
 
 def test_every_shell_line_is_a_command_the_tests_know():
-    # a shell line is an install (run by CI), or a diffscore command (parsed above); nothing else
+    # a shell line is an install (run by CI), a diffscore command (parsed above), a script of this
+    # repository (which must exist), or a `python -c` snippet to run elsewhere (in a checkout of
+    # score_sde_pytorch, say); nothing else
     for page in PAGES:
         for command in commands(page):
-            assert "pip install" in command or diffscore_argv(command) is not None, f"{page.name}: {command}"
+            words = shlex.split(command)
+            if words[:2] == ["python", "-c"] or "pip install" in command or diffscore_argv(command):
+                continue
+            assert words[0] == "python" and (ROOT / words[1]).is_file(), f"{page.name}: {command}"
