@@ -161,6 +161,22 @@ def _read_image(path: Path, image_size: int, mode: str, resample) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def _image_files(root: Path, endings: tuple[str, ...]) -> list[Path]:
+    """The image files under ``root`` in sorted path order, hidden files and folders skipped."""
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [s for s in subfolders if not s.startswith(".")]
+        files += [
+            Path(folder) / name
+            for name in names
+            if not name.startswith(".") and name.lower().endswith(endings)
+        ]
+    files.sort()
+    if not files:
+        raise ValueError(f"no image files ({', '.join(endings)}) found under folder {str(root)!r}")
+    return files
+
+
 def load_image_folder(
     root: str | os.PathLike,
     image_size: int,
@@ -220,18 +236,7 @@ def load_image_folder(
         raise NotADirectoryError(f"root must be a folder, {str(root)!r} is not")
     endings = tuple(e.lower() for e in extensions)
 
-    files = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [s for s in subfolders if not s.startswith(".")]
-        files += [
-            Path(folder) / name
-            for name in names
-            if not name.startswith(".") and name.lower().endswith(endings)
-        ]
-    files.sort()
-    if not files:
-        raise ValueError(f"no image files ({', '.join(endings)}) found under folder {str(root)!r}")
-
+    files = _image_files(root, endings)
     parts = [f.relative_to(root).parts for f in files]
     labelled = all(len(p) >= 2 for p in parts)
     classes = tuple(sorted({p[0] for p in parts})) if labelled else ()

@@ -184,6 +184,59 @@ class _Level(nn.Module):
         self.pyramid_norm: nn.Module | None = None
 
 
+def _check_ncsnpp_args(
+    channels: int,
+    image_size: int,
+    nf: int,
+    num_res_blocks: int,
+    ch_mult: Sequence[int],
+    attn_resolutions: Sequence[int],
+    dropout: float,
+    resblock_type: str,
+    progressive: str,
+    progressive_input: str,
+    progressive_combine: str,
+    embedding_type: str,
+    fourier_scale: float,
+    time_scale: float,
+    time_shift: float,
+    init_scale: float,
+    center_input: bool,
+) -> tuple[tuple[int, ...], list[int], tuple[int, ...]]:
+    """Check :class:`NCSNpp`'s arguments; returns ``(ch_mult, resolutions, attn_resolutions)``."""
+    _positive_int("channels", channels)
+    _positive_int("image_size", image_size)
+    _positive_int("nf", nf)
+    _positive_int("num_res_blocks", num_res_blocks)
+    ch_mult = tuple(_positive_int("ch_mult[i]", int(m)) for m in ch_mult)
+    if not ch_mult:
+        raise ValueError("ch_mult must be a non-empty sequence of positive integers")
+    if image_size % 2 ** (len(ch_mult) - 1):
+        raise ValueError(f"image_size must be divisible by 2 ** (len(ch_mult) - 1), got {image_size}")
+    resolutions = [image_size // 2**i for i in range(len(ch_mult))]
+    attn_resolutions = tuple(int(r) for r in attn_resolutions)
+    if not set(attn_resolutions) <= set(resolutions):
+        raise ValueError(
+            f"attn_resolutions must be among the U-Net resolutions {resolutions}, got {attn_resolutions}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+    _choice("resblock_type", resblock_type, ("biggan", "ddpm"))
+    _choice("progressive", progressive, ("none", "output_skip", "residual"))
+    _choice("progressive_input", progressive_input, ("none", "input_skip", "residual"))
+    _choice("progressive_combine", progressive_combine, ("sum", "cat"))
+    _choice("embedding_type", embedding_type, ("fourier", "positional"))
+    scalars = {"fourier_scale": fourier_scale, "time_scale": time_scale, "time_shift": time_shift}
+    for name, value in scalars.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if not init_scale >= 0.0:
+        raise ValueError(f"init_scale must be >= 0, got {init_scale}")
+    if not isinstance(center_input, bool):
+        raise TypeError(f"center_input must be a bool, got {type(center_input).__name__}")
+    return ch_mult, resolutions, attn_resolutions
+
+
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ U-Net score network ``net(x, t) -> like x`` (Song et al. 2021, App. H).
 
@@ -242,37 +295,11 @@ class NCSNpp(nn.Module):
         center_input: bool = False,
     ) -> None:
         super().__init__()
-        _positive_int("channels", channels)
-        _positive_int("image_size", image_size)
-        _positive_int("nf", nf)
-        _positive_int("num_res_blocks", num_res_blocks)
-        ch_mult = tuple(_positive_int("ch_mult[i]", int(m)) for m in ch_mult)
-        if not ch_mult:
-            raise ValueError("ch_mult must be a non-empty sequence of positive integers")
-        if image_size % 2 ** (len(ch_mult) - 1):
-            raise ValueError(f"image_size must be divisible by 2 ** (len(ch_mult) - 1), got {image_size}")
-        resolutions = [image_size // 2**i for i in range(len(ch_mult))]
-        attn_resolutions = tuple(int(r) for r in attn_resolutions)
-        if not set(attn_resolutions) <= set(resolutions):
-            raise ValueError(
-                f"attn_resolutions must be among the U-Net resolutions {resolutions}, got {attn_resolutions}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
-        _choice("resblock_type", resblock_type, ("biggan", "ddpm"))
-        _choice("progressive", progressive, ("none", "output_skip", "residual"))
-        _choice("progressive_input", progressive_input, ("none", "input_skip", "residual"))
-        _choice("progressive_combine", progressive_combine, ("sum", "cat"))
-        _choice("embedding_type", embedding_type, ("fourier", "positional"))
-        scalars = {"fourier_scale": fourier_scale, "time_scale": time_scale, "time_shift": time_shift}
-        for name, value in scalars.items():
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-        if not init_scale >= 0.0:
-            raise ValueError(f"init_scale must be >= 0, got {init_scale}")
-        if not isinstance(center_input, bool):
-            raise TypeError(f"center_input must be a bool, got {type(center_input).__name__}")
-
+        ch_mult, resolutions, attn_resolutions = _check_ncsnpp_args(
+            channels, image_size, nf, num_res_blocks, ch_mult, attn_resolutions, dropout, resblock_type,
+            progressive, progressive_input, progressive_combine, embedding_type, fourier_scale, time_scale,
+            time_shift, init_scale, center_input,
+        )  # fmt: skip
         self.config = dict(
             name="ncsnpp",
             channels=channels,
@@ -307,8 +334,23 @@ class NCSNpp(nn.Module):
         self.skip_rescale = skip_rescale
         self.time_scale = float(time_scale)
         self.time_shift = float(time_shift)
+        self._fir = (fir, tuple(fir_kernel))
+        self._resamp_with_conv = resamp_with_conv
+        self._init_scale = init_scale
+        # the modules, built in the order that fixes the weights drawn by a seeded initialisation
+        temb_dim = self._build_time_embedding(embedding_type, nf, fourier_scale)
+        self._blocks = dict(temb_dim=temb_dim, dropout=dropout, skip_rescale=skip_rescale)
+        hs_ch = self._build_down(nf, ch_mult, num_res_blocks, resolutions, attn_resolutions)
+        in_ch = hs_ch[-1]
+        self.mid_block0 = self._res_block(in_ch, in_ch)
+        self.mid_attn = self._attn(in_ch)
+        self.mid_block1 = self._res_block(in_ch, in_ch)
+        self._build_up(nf, ch_mult, num_res_blocks, resolutions, attn_resolutions, hs_ch)
+        del self._blocks
 
-        # time embedding: features of s, then Dense -> SiLU -> Dense to 4 nf
+    # ---- construction ---------------------------------------------------------------------------------
+    def _build_time_embedding(self, embedding_type: str, nf: int, fourier_scale: float) -> int:
+        """Features of s, then Dense -> SiLU -> Dense to 4 nf; returns 4 nf."""
         if embedding_type == "fourier":
             self.embed: nn.Module = GaussianFourierProjection(nf, fourier_scale)
             embed_dim = 2 * nf
@@ -318,24 +360,42 @@ class NCSNpp(nn.Module):
         temb_dim = 4 * nf
         self.temb_in = dense(embed_dim, temb_dim)
         self.temb_out = dense(temb_dim, temb_dim)
+        return temb_dim
 
-        def res_block(in_ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
-            resample = Resample(up, fir=fir, fir_kernel=fir_kernel) if (up or down) else None
-            return ResBlock(
-                in_ch,
-                out_ch,
-                temb_dim,
-                dropout,
-                skip_rescale,
-                init_scale,
-                resample=resample,
-                shortcut_init_scale=1.0 if self.biggan else 0.1,
-            )
+    def _res_block(self, in_ch: int, out_ch: int, up: bool = False, down: bool = False) -> ResBlock:
+        fir, fir_kernel = self._fir
+        resample = Resample(up, fir=fir, fir_kernel=fir_kernel) if (up or down) else None
+        b = self._blocks
+        return ResBlock(
+            in_ch,
+            out_ch,
+            b["temb_dim"],
+            b["dropout"],
+            b["skip_rescale"],
+            self._init_scale,
+            resample=resample,
+            shortcut_init_scale=1.0 if self.biggan else 0.1,
+        )
 
-        def attn(ch: int) -> AttnBlock:
-            return AttnBlock(ch, skip_rescale, init_scale)
+    def _attn(self, ch: int) -> AttnBlock:
+        return AttnBlock(ch, self.skip_rescale, self._init_scale)
 
-        # ---- downsampling path
+    def _resample_layer(self, up: bool, ch: int) -> nn.Module:
+        """The resolution change between levels: a resampling residual block (BigGAN) or a layer."""
+        if self.biggan:
+            return self._res_block(ch, ch, up=up, down=not up)
+        return Resample(up, ch, ch, self._resamp_with_conv, *self._fir)
+
+    def _build_down(
+        self,
+        nf: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        resolutions: list[int],
+        attn_resolutions: tuple[int, ...],
+    ) -> list[int]:
+        """The input conv and the downsampling levels; returns the channels of every skip connection."""
+        channels, fir = self.channels, self._fir
         self.conv_in = conv2d(channels, nf)
         hs_ch = [nf]
         in_ch = nf
@@ -345,44 +405,47 @@ class NCSNpp(nn.Module):
             level = _Level()
             out_ch = nf * mult
             for _ in range(num_res_blocks):
-                level.blocks.append(res_block(in_ch, out_ch))
+                level.blocks.append(self._res_block(in_ch, out_ch))
                 in_ch = out_ch
-                level.attns.append(attn(in_ch) if resolutions[i] in attn_resolutions else nn.Identity())
+                level.attns.append(self._attn(in_ch) if resolutions[i] in attn_resolutions else nn.Identity())
                 hs_ch.append(in_ch)
             if i != self.num_levels - 1:
-                if self.biggan:
-                    level.resample = res_block(in_ch, in_ch, down=True)
-                else:
-                    level.resample = Resample(False, in_ch, in_ch, resamp_with_conv, fir, fir_kernel)
-                if progressive_input == "input_skip":
+                level.resample = self._resample_layer(False, in_ch)
+                if self.progressive_input == "input_skip":
                     level.pyramid = conv2d(channels, in_ch, 1)
-                    if progressive_combine == "cat":
+                    if self.progressive_combine == "cat":
                         in_ch *= 2
-                elif progressive_input == "residual":
-                    level.pyramid = Resample(False, pyramid_ch, in_ch, True, fir, fir_kernel)
+                elif self.progressive_input == "residual":
+                    level.pyramid = Resample(False, pyramid_ch, in_ch, True, *fir)
                     pyramid_ch = in_ch
                 hs_ch.append(in_ch)
             self.down.append(level)
-        if progressive_input == "input_skip":
-            self.pyramid_down = Resample(False, fir=fir, fir_kernel=fir_kernel)
+        if self.progressive_input == "input_skip":
+            self.pyramid_down = Resample(False, fir=fir[0], fir_kernel=fir[1])
+        return hs_ch
 
-        # ---- middle
+    def _build_up(
+        self,
+        nf: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: int,
+        resolutions: list[int],
+        attn_resolutions: tuple[int, ...],
+        hs_ch: list[int],
+    ) -> None:
+        """The upsampling levels (``self.up[0]`` is the lowest resolution) and the output layers."""
+        channels, fir, progressive, init_scale = self.channels, self._fir, self.progressive, self._init_scale
         in_ch = hs_ch[-1]
-        self.mid_block0 = res_block(in_ch, in_ch)
-        self.mid_attn = attn(in_ch)
-        self.mid_block1 = res_block(in_ch, in_ch)
-
-        # ---- upsampling path (self.up[0] is the lowest resolution)
         self.up = nn.ModuleList()
         pyramid_ch = 0
         for i in reversed(range(self.num_levels)):
             level = _Level()
             out_ch = nf * ch_mult[i]
             for _ in range(num_res_blocks + 1):
-                level.blocks.append(res_block(in_ch + hs_ch.pop(), out_ch))
+                level.blocks.append(self._res_block(in_ch + hs_ch.pop(), out_ch))
                 in_ch = out_ch
             if resolutions[i] in attn_resolutions:
-                level.attns.append(attn(in_ch))
+                level.attns.append(self._attn(in_ch))
             if progressive != "none":
                 if i == self.num_levels - 1 or progressive == "output_skip":
                     level.pyramid_norm = group_norm(in_ch)
@@ -391,16 +454,13 @@ class NCSNpp(nn.Module):
                     else:
                         level.pyramid = conv2d(in_ch, in_ch)
                 else:
-                    level.pyramid = Resample(True, pyramid_ch, in_ch, True, fir, fir_kernel)
+                    level.pyramid = Resample(True, pyramid_ch, in_ch, True, *fir)
                 pyramid_ch = channels if progressive == "output_skip" else in_ch
             if i != 0:
-                if self.biggan:
-                    level.resample = res_block(in_ch, in_ch, up=True)
-                else:
-                    level.resample = Resample(True, in_ch, in_ch, resamp_with_conv, fir, fir_kernel)
+                level.resample = self._resample_layer(True, in_ch)
             self.up.append(level)
         if progressive == "output_skip":
-            self.pyramid_up = Resample(True, fir=fir, fir_kernel=fir_kernel)
+            self.pyramid_up = Resample(True, fir=fir[0], fir_kernel=fir[1])
         else:
             self.norm_out = group_norm(in_ch)
             self.conv_out = conv2d(in_ch, channels, init_scale=init_scale)
