@@ -74,7 +74,16 @@ def diffscore_argv(command: str) -> list[str] | None:
 def runnable_here(command: str) -> bool:
     """Whether a command runs here in seconds: no GPU, no data this machine lacks, no minutes of training,
     and no placeholder for a file of the reader's (an upper-case word such as CHECKPOINT.pth or DIR)."""
-    slow_or_elsewhere = ("torchrun", "--device cuda", "cifar10", "image_folder", "pip install", "train")
+    # (diffscore fid with its 1000 samples runs in tests/test_cli.py with 64)
+    slow_or_elsewhere = (
+        "torchrun",
+        "--device cuda",
+        "cifar10",
+        "image_folder",
+        "pip install",
+        "train",
+        "fid",
+    )
     placeholder = any(re.fullmatch(r"[A-Z][A-Z_]{2,}(\.\w+)?", word) for word in shlex.split(command))
     return not placeholder and not any(word in command for word in slow_or_elsewhere)
 
