@@ -256,6 +256,22 @@ def test_brownian_motion_comes_from_the_generator():
         assert torch.equal(rows(0.0, 0.5)[k], alone(0.0, 0.5)[0])
 
 
+def test_stepwise_brownian_motion_for_fixed_step_solvers():
+    # drawn step by step: the same independence per sample, N(0, dt) increments, queries in order only
+    y0 = torch.zeros(400, 5, dtype=F64)
+    gens = [gen(10 + k) for k in range(400)]
+    bm = brownian_motion(-1.0, 0.0, y0, gens, dt=0.25, stepwise=True)
+    steps = torch.stack([bm(-1.0 + 0.25 * k, -0.75 + 0.25 * k) for k in range(4)])
+    assert torch.equal(bm(-0.25, 0.0), steps[-1])  # asking again for the last step: the same increment
+    # 8000 N(0, 0.25) increments: their variance within 4 standard errors of 0.25, no correlation in time
+    assert abs(float(steps.square().mean()) - 0.25) < 4 * 0.25 * math.sqrt(2 / steps.numel())
+    assert abs(float((steps[0] * steps[1]).mean())) < 4 * 0.25 / math.sqrt(2000)
+    alone = brownian_motion(-1.0, 0.0, y0[:1], [gen(12)], dt=0.25, stepwise=True)
+    assert torch.equal(alone(-1.0, -0.75)[0], steps[0, 2])
+    with pytest.raises(RuntimeError, match="out of order"):
+        bm(-1.0, -0.5)
+
+
 @pytest.mark.parametrize("solver", ["euler", "srk"])
 def test_sde_sampling_ignores_numpy_rng(solver):
     sde, oracle = VPSDE(), gaussian()

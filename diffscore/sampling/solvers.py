@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -65,6 +66,63 @@ class _PerSampleBrownian(torchsde.BaseBrownian):
         return self.parts[0].levy_area_approximation
 
 
+class _StepBrownian(torchsde.BaseBrownian):
+    """One Brownian path per sample, drawn step by step: for fixed-step solvers, which ask for the
+    increments of their steps in order. The increment of sample k over [ta, tb] is
+    ``sqrt(tb - ta) N(0, I)`` drawn from generator k, so sample k depends on its generator alone, as with
+    :class:`_PerSampleBrownian`, but a step costs one draw per sample instead of a search in one
+    BrownianInterval per sample (64 samples x 1000 Euler steps of the digits model: 0.5 s instead of
+    about 20 s). A query out of order (an adaptive or a Levy-area solver) raises RuntimeError.
+    """
+
+    def __init__(self, t0: float, gens: list[torch.Generator], like: Tensor) -> None:
+        self._t = float(t0)
+        self._gens = gens
+        self._like = like[:1]
+        self._last: tuple[float, float, Tensor] | None = None
+
+    def __call__(self, ta: Scalar, tb: Scalar | None = None, return_U: bool = False, return_A: bool = False):
+        if tb is None or return_U or return_A:
+            raise RuntimeError("_StepBrownian gives increments over [ta, tb] only")
+        ta, tb = float(ta), float(tb)
+        if self._last is not None and (ta, tb) == self._last[:2]:
+            return self._last[2]
+        if ta != self._t or tb < ta:
+            raise RuntimeError(
+                f"_StepBrownian: interval [{ta}, {tb}] out of order (the path is at {self._t})"
+            )
+        noise = [
+            torch.randn(self._like.shape, generator=g, dtype=self.dtype, device=self.device)
+            for g in self._gens
+        ]
+        increment = torch.cat(noise) * math.sqrt(tb - ta)
+        self._t, self._last = tb, (ta, tb, increment)
+        return increment
+
+    def __repr__(self) -> str:
+        return f"_StepBrownian({len(self._gens)} x {tuple(self._like.shape[1:])}, at t = {self._t})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._like.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._like.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self._gens),) + tuple(self._like.shape[1:]))
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return "none"
+
+
+#: torchsde's fixed-step methods that ask for their steps' increments in order (srk also asks for Levy area).
+STEPWISE_METHODS = ("euler", "milstein", "euler_heun", "heun", "midpoint", "reversible_heun")
+
+
 def brownian_motion(
     t0: float,
     t1: float,
@@ -72,15 +130,20 @@ def brownian_motion(
     generator: Generator = None,
     levy_area_approximation: str = "none",
     dt: float | None = None,
-) -> BrownianInterval | _PerSampleBrownian:
+    stepwise: bool = False,
+) -> BrownianInterval | _PerSampleBrownian | _StepBrownian:
     """A torchsde Brownian motion on [t0, t1] shaped like the flat state ``y0`` (B, D).
 
     Its entropy comes from ``generator`` (not NumPy's global RNG, torchsde's default), so the same
     generator gives the same path; a list of B generators gives one independent path per sample.
     ``dt``, the solver's (initial) step, is BrownianInterval's hint for laying out its search tree:
     without it every query of a long fixed-step solve costs several times more normal draws.
+    ``stepwise`` (with a list of generators): the path is drawn increment by increment, for a solver of
+    ``STEPWISE_METHODS`` with fixed steps; much faster, and only for queries in time order.
     """
     gens = generators(generator, y0.shape[0])
+    if stepwise and isinstance(gens, list) and levy_area_approximation == "none":
+        return _StepBrownian(t0, gens, y0)
     kw = dict(
         t0=t0, t1=t1, dtype=y0.dtype, device=y0.device, levy_area_approximation=levy_area_approximation, dt=dt
     )
@@ -127,7 +190,8 @@ def sample_sde(
     ts = ReverseSDE.solver_times([sde.T, eps]).to(y0)
     levy = "space-time" if solver == "srk" else "none"
     dt = (sde.T - eps) / num_steps
-    bm = brownian_motion(float(ts[0]), float(ts[1]), y0, generator, levy, dt=dt)
+    stepwise = solver in STEPWISE_METHODS and not adaptive
+    bm = brownian_motion(float(ts[0]), float(ts[1]), y0, generator, levy, dt=dt, stepwise=stepwise)
     ys = torchsde.sdeint(
         rsde, y0, ts, bm=bm, method=solver, dt=dt, adaptive=adaptive, rtol=rtol, atol=atol, options=options
     )
