@@ -6,12 +6,33 @@ which the dynamics objects call on every evaluation (a host sync; see its docstr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
+
+#: A state entry larger than this many prior standard deviations is no longer a plausible sample of
+#: any score model: the solvers treat it as a numerical failure (Issue: "a score of 1e6 returns garbage
+#: silently"). Data scaled to a few units sit 1e3 to 1e4 times inside this bound.
+PLAUSIBLE_FACTOR = 1e4
+
+
+class StepSizeUnderflowError(FloatingPointError):
+    """An adaptive solver's step size fell below what the floating-point time can resolve.
+
+    Raised instead of torchdiffeq's bare ``AssertionError("underflow in dt ...")``; the message names
+    the time and the step size. Usual causes: a score that is erratic or far too large, or tolerances
+    below what the dtype can reach.
+    """
+
+
+def state_limit(prior_std: float) -> float:
+    """The plausible bound on ``|x|`` for a state of a solve whose prior has std ``prior_std``:
+    ``PLAUSIBLE_FACTOR * prior_std``."""
+    return PLAUSIBLE_FACTOR * float(prior_std)
 
 
 def check_positive(name: str, value: float) -> float:
@@ -48,6 +69,36 @@ def check_data(name: str, x: Tensor, min_ndim: int = 2) -> None:
         raise ValueError(f"{name} has an empty batch")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
+
+
+def _absmax_rows(v: Tensor) -> Tensor:
+    """Per-sample max |v| of a (B, ...) tensor, NaN if the sample has a NaN (no |v| temporary)."""
+    lo, hi = torch.aminmax(v.reshape(v.shape[0], -1), dim=1)
+    return torch.maximum(hi, -lo)
+
+
+def check_state_and_score(
+    x: Tensor, s: Tensor, t: Tensor, std: Tensor, limit: float, what: str = "score"
+) -> None:
+    """Raise FloatingPointError naming t unless the state and the score are plausible.
+
+    Plausible: every entry of ``x`` finite with ``|x| <= limit``, and every entry of the score ``s``
+    finite with ``|s| std(t)^2 <= 2 limit``. The second bound is implied by the first: Tweedie's formula
+    ``s = (alpha x0_hat - x) / std^2`` with a state and a denoised estimate both within ``limit``.
+    One reduction per tensor and one host sync per call (used by the torchsde / torchdiffeq adapters,
+    whose solvers synchronise every step anyway).
+    """
+    x_ok = _absmax_rows(x.detach()) <= limit
+    s_ok = _absmax_rows(s.detach()) * std.detach().square() <= 2 * limit  # inf * 0 = NaN fails too
+    ok = torch.stack([x_ok.all(), s_ok.all()]).tolist()
+    if not all(ok):
+        tt = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        name, v = ("state", x) if not ok[0] else (what, s)
+        kind = "non-finite" if not bool(torch.isfinite(v).all()) else "implausibly large"
+        raise FloatingPointError(
+            f"{kind} {name} at t = {tt:.6g} (plausible: |x| <= {limit:.3g}, {PLAUSIBLE_FACTOR:g} x the "
+            "prior std, and |score| std(t)^2 <= 2 x that)"
+        )
 
 
 def check_finite(name: str, value: Tensor, t: Tensor | float) -> None:
@@ -143,19 +194,30 @@ def bcast(v: Tensor, x: Tensor) -> Tensor:
 
 
 class FiniteMonitor:
-    """Tracks, without a host sync per step, the first step at which a state went non-finite.
+    """Tracks, without a host sync per step, the first step at which a state went non-finite or left
+    the plausible range ``|x| <= limit``.
 
-    For fixed-step sampler loops: call ``update(x, i)`` at step i (device-side bookkeeping only) and
-    ``check(times)`` once after the loop, which syncs once and raises FloatingPointError naming
-    ``times[i]`` of the first bad step.
+    For fixed-step sampler loops: call ``update(x, i)`` at step i (device-side bookkeeping only: one
+    ``aminmax`` reduction, which also propagates NaN, and a few scalar operations) and ``check(times)``
+    once after the loop, which syncs once and raises FloatingPointError naming ``times[i]`` of the first
+    bad step. ``limit`` defaults to infinity (finiteness only); the samplers pass :func:`state_limit`.
     """
 
-    def __init__(self, name: str = "state") -> None:
+    def __init__(self, name: str = "state", limit: float = math.inf) -> None:
         self.name = name
+        self.limit = float(limit)
         self.first: Tensor | None = None
 
-    def update(self, x: Tensor, step: int) -> None:
-        bad = ~torch.isfinite(x).all()
+    def update(self, x: Tensor, step: int, scale: Tensor | float | None = None) -> None:
+        """Record step ``step`` as bad if ``scale * x`` has an entry that is NaN, inf or beyond the limit
+        (``scale``: a 0-d tensor or float, e.g. alpha(t) when the loop carries ``x / alpha``)."""
+        lo, hi = torch.aminmax(x.detach())
+        if x.element_size() < 4:  # half precision: compare in float32
+            lo, hi = lo.float(), hi.float()
+        if scale is not None:
+            lo, hi = lo * scale, hi * scale
+        limit = self.limit if math.isfinite(self.limit) else torch.finfo(hi.dtype).max
+        bad = ~((hi <= limit) & (lo >= -limit))  # NaN compares False: bad
         if self.first is None:
             self.first = torch.full((), -1, dtype=torch.long, device=x.device)
         self.first = torch.where((self.first < 0) & bad, torch.full_like(self.first, step), self.first)
@@ -165,4 +227,7 @@ class FiniteMonitor:
             return
         i = int(self.first)
         if i >= 0:
-            raise FloatingPointError(f"non-finite {self.name} at t = {float(times[i]):.6g} (step {i})")
+            bound = "" if not math.isfinite(self.limit) else f" (plausible: |x| <= {self.limit:.3g})"
+            raise FloatingPointError(
+                f"non-finite or implausibly large {self.name} at t = {float(times[i]):.6g} (step {i}){bound}"
+            )
