@@ -196,35 +196,58 @@ class FiniteMonitor:
     """Tracks, without a host sync per step, the first step at which a state went non-finite or left
     the plausible range ``|x| <= limit``.
 
-    For fixed-step sampler loops: call ``update(x, i)`` at step i (device-side bookkeeping only: one
-    ``aminmax`` reduction, which also propagates NaN, and a few scalar operations) and ``check(times)``
-    once after the loop, which syncs once and raises FloatingPointError naming ``times[i]`` of the first
-    bad step. ``limit`` defaults to infinity (finiteness only); the samplers pass :func:`state_limit`.
+    For fixed-step sampler loops: call ``update(x, i)`` at step i and ``check(times)`` once after the
+    loop, which syncs once and raises FloatingPointError naming ``times[i]`` of the first bad step.
+    ``update`` costs one ``aminmax`` reduction (which propagates NaN) and nothing else on the device:
+    the (min, max) pairs are kept and compared with the limit in batches of 256 steps. ``limit``
+    defaults to infinity (finiteness only); the samplers pass :func:`state_limit`.
     """
+
+    _BATCH = 256
 
     def __init__(self, name: str = "state", limit: float = math.inf) -> None:
         self.name = name
         self.limit = float(limit)
-        self.first: Tensor | None = None
+        self.first: Tensor | None = None  # first bad step among the folded batches (-1: none yet)
+        self._pending: list[tuple[int, Tensor, Tensor, Tensor | float | None]] = []
 
     def update(self, x: Tensor, step: int, scale: Tensor | float | None = None) -> None:
-        """Record step ``step`` as bad if ``scale * x`` has an entry that is NaN, inf or beyond the limit
-        (``scale``: a 0-d tensor or float, e.g. alpha(t) when the loop carries ``x / alpha``)."""
+        """Record step ``step``; it is bad if ``scale * x`` has an entry that is NaN, inf or beyond the
+        limit (``scale``: a 0-d tensor or float, e.g. alpha(t) when the loop carries ``x / alpha``)."""
         lo, hi = torch.aminmax(x.detach())
-        if x.element_size() < 4:  # half precision: compare in float32
-            lo, hi = lo.float(), hi.float()
-        if scale is not None:
-            lo, hi = lo * scale, hi * scale
+        self._pending.append((step, lo, hi, scale))
+        if len(self._pending) >= self._BATCH:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Compare the pending steps with the limit on the device and keep the first bad one."""
+        if not self._pending:
+            return
+        steps, los, his, scales = zip(*self._pending, strict=True)
+        self._pending = []
+        lo = torch.stack(los).float() if los[0].element_size() < 4 else torch.stack(los)
+        hi = torch.stack(his).to(lo.dtype)
+        if any(sc is not None for sc in scales):
+            sc = torch.stack([torch.as_tensor(1.0 if v is None else v).to(lo) for v in scales])
+            lo, hi = lo * sc, hi * sc
         limit = self.limit if math.isfinite(self.limit) else torch.finfo(hi.dtype).max
         bad = ~((hi <= limit) & (lo >= -limit))  # NaN compares False: bad
+        idx = torch.tensor(steps, dtype=torch.long, device=bad.device)
+        none = torch.iinfo(torch.long).max
+        first = torch.where(bad, idx, torch.full_like(idx, none)).min()  # the first bad step of the batch
+        first = torch.where(first < none, first, torch.full_like(first, -1))
         if self.first is None:
-            self.first = torch.full((), -1, dtype=torch.long, device=x.device)
-        self.first = torch.where((self.first < 0) & bad, torch.full_like(self.first, step), self.first)
+            self.first = first
+        else:
+            self.first = torch.where(self.first >= 0, self.first, first)
+
+    def first_bad(self) -> int:
+        """The first bad step, or -1 (one host sync)."""
+        self._fold()
+        return -1 if self.first is None else int(self.first)
 
     def check(self, times: Sequence[float] | Tensor) -> None:
-        if self.first is None:
-            return
-        i = int(self.first)
+        i = self.first_bad()
         if i >= 0:
             bound = "" if not math.isfinite(self.limit) else f" (plausible: |x| <= {self.limit:.3g})"
             raise FloatingPointError(

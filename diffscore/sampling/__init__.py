@@ -97,13 +97,15 @@ def sample(
         sde: the forward SDE.
         score: ``score(x, t) -> like x`` (a :class:`~diffscore.ScoreModel` or any callable).
         shape: (B, *event_shape) of the output.
-        method: a key of ``METHODS`` ("ode", "sde", ...).
+        method: a key of ``METHODS``: "ode" (torchdiffeq), "sde" (torchsde), "pc" (predictor-corrector),
+            "heun" (EDM), "dpm_solver" (singlestep DPM-Solver), "dpmpp" (multistep DPM-Solver++),
+            "unipc" (UniPC), "sde_dpmpp_2m" (SDE-DPM-Solver++(2M)), "sde_adaptive" (adaptive reverse SDE).
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
         x_T: optional starting state at T, shaped ``shape``; default: a prior draw from ``generator``.
         eps: end time in [0, T); default :func:`default_eps`.
         device, dtype: of the prior draw (ignored when ``x_T`` is given).
-        options: passed to the method (e.g. ``num_steps``, ``rtol``, ``solver`` for the inner solver,
-            ``stats`` a dict that receives ``nfe``).
+        options: passed to the method (e.g. ``num_steps``, ``order``, ``grid`` for the fixed-step
+            samplers, ``rtol``, ``solver`` for the inner solver, ``stats`` a dict that receives ``nfe``).
 
     Returns:
         Samples shaped ``shape``.
@@ -111,6 +113,8 @@ def sample(
     Raises:
         ValueError / TypeError: unknown ``method``, bad ``shape``, ``eps`` outside [0, T), ``x_T`` of
             the wrong shape or with NaN/inf, and the method's own argument errors.
+        FloatingPointError: the state or the score turned non-finite or implausibly large (beyond 1e4
+            prior stds); the message names the time.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")

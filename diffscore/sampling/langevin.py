@@ -87,8 +87,8 @@ def _limit(x0: Tensor, scale: float = 1.0) -> float:
 
 def _raise_if_bad(monitor: FiniteMonitor, where: Callable[[int], str]) -> None:
     """After the loop (one host sync): raise FloatingPointError naming where the first bad step was."""
-    if monitor.first is not None and int(monitor.first) >= 0:
-        i = int(monitor.first)
+    i = monitor.first_bad()
+    if i >= 0:
         raise FloatingPointError(
             f"non-finite or implausibly large {monitor.name} at {where(i)} (plausible: |x| <= "
             f"{monitor.limit:.3g})"
