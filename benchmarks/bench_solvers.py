@@ -4,6 +4,10 @@
 
 Tables (printed, and written as CSV to ``--out``):
 
+* ``orders``: observed order of every multistep solver on the closed-form probability flow of Gaussian
+  data (N(mu, 0.3^2 I_8), 32 samples), ``log2(error(128 steps) / error(256 steps))``, VE / VP / sub-VP,
+  including DPM-Solver++(3M) with the reference implementations' coefficient of the second divided
+  difference (1 instead of 2).
 * ``pc_variance``: ``sample(method="pc")`` with its defaults (reverse diffusion + Langevin corrector,
   snr 0.16, 1000 steps, denoising) on data N(1, 0.5^2 I_D) with the exact score: the per-coordinate
   variance divided by the exact one, for D in {1, 2, 3, 8, 16, 64}, VE / VP / sub-VP, for the new
@@ -91,6 +95,59 @@ def _gaussian_score(sde: SDE, mu: torch.Tensor, cov: torch.Tensor) -> Callable:
         return -((diff / (alpha[:, None] ** 2 * lam + std[:, None] ** 2)) @ u.T).reshape(x.shape)
 
     return score
+
+
+# ---- orders on the closed-form Gaussian flow ------------------------------------------------------------
+
+
+def orders(quick: bool) -> list[dict[str, Any]]:
+    from diffscore.sampling import multistep
+
+    cases = [
+        ("dpmpp order 1", "dpmpp", dict(order=1)),
+        ("dpmpp order 2 (2M)", "dpmpp", dict(order=2)),
+        ("dpmpp order 3 (3M)", "dpmpp", dict(order=3)),
+        ("dpmpp 3M, reference D2 coefficient", "dpmpp-ref", dict(order=3)),
+        ("UniP-1 (no corrector)", "unipc", dict(order=1, corrector=False)),
+        ("UniP-2", "unipc", dict(order=2, corrector=False)),
+        ("UniP-3", "unipc", dict(order=3, corrector=False)),
+        ("UniPC-1", "unipc", dict(order=1)),
+        ("UniPC-2", "unipc", dict(order=2)),
+        ("UniPC-3", "unipc", dict(order=3)),
+    ]
+    rows = []
+    mu = torch.linspace(-1, 1, 8, dtype=F64)[None]
+    for label, method, opts in cases:
+        row: dict[str, Any] = dict(solver=label)
+        for name, make in SDES.items():
+            sde = make()
+            oracle = GaussianMixture([1.0], mu, 0.3)
+            eps = default_eps(sde)
+            x_T = sde.prior_sample((32, 8), gen(1), dtype=F64)
+            (a_T, a_e), (s_T, s_e) = sde.marginal_coeffs(torch.tensor([sde.T, eps], dtype=F64))
+            exact = a_e * mu + ((a_e**2 * 0.09 + s_e**2) / (a_T**2 * 0.09 + s_T**2)).sqrt() * (x_T - a_T * mu)
+            errors = []
+            saved = multistep._D2_COEFFICIENT
+            try:
+                multistep._D2_COEFFICIENT = 1.0 if method == "dpmpp-ref" else saved
+                for steps in (128, 256):
+                    fn = METHODS[method.split("-")[0]]
+                    x = fn(
+                        sde,
+                        oracle.score_fn(sde),
+                        x_T,
+                        eps,
+                        None,
+                        num_steps=steps,
+                        lower_order_final=False,
+                        **opts,
+                    )
+                    errors.append(float((x - exact).square().mean().sqrt()))
+            finally:
+                multistep._D2_COEFFICIENT = saved
+            row[name] = math.log2(errors[0] / errors[1])
+        rows.append(row)
+    return rows
 
 
 # ---- PC variance -----------------------------------------------------------------------------------------
@@ -369,7 +426,7 @@ def sde_gap(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return rows, best
 
 
-TABLES = ("pc_variance", "controllable_variance", "ode_rms", "sde_gap")
+TABLES = ("orders", "pc_variance", "controllable_variance", "ode_rms", "sde_gap")
 
 
 def run(
@@ -377,6 +434,8 @@ def run(
 ) -> dict[str, list[dict[str, Any]]]:
     """Run the tables of this file; returns {table name: rows}."""
     tables: dict[str, list[dict[str, Any]]] = {}
+    if "orders" in only:
+        tables["orders"] = orders(quick)
     if "pc_variance" in only:
         tables["pc_variance"] = pc_variance(quick)
     if "controllable_variance" in only:

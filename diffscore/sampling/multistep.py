@@ -38,6 +38,11 @@ from .grids import check_grid, time_grid
 
 __all__ = ["dpmpp", "unipc", "sde_dpmpp_2m", "UNIPC_VARIANTS", "dpmpp_orders"]
 
+#: The factor of the second divided difference in the 3M step: 2, the Taylor coefficient
+#: (``int_0^h e^{-(h-u)} u^2 du = -2 h^2 phi_3``); the reference implementations use 1 (``dpmpp``'s
+#: docstring). A module constant so that the order benchmark can measure both.
+_D2_COEFFICIENT = 2.0
+
 #: B(h) of UniPC (Zhao et al. 2023, Sec. 3.3): "bh1" B(h) = h, "bh2" B(h) = e^h - 1 (in their signs).
 UNIPC_VARIANTS = ("bh1", "bh2")
 
@@ -142,7 +147,8 @@ def dpmpp(
       ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``). The factor 2 on
       the last term is the Taylor coefficient (``int e^{-(h-u)} u^2 du = -2 h^2 phi_3``); the reference
       implementations (dpm-solver, diffusers, k-diffusion) use 1, which leaves a local error of order
-      h^3 and makes their 3M second order (tests/test_multistep.py measures both).
+      h^3 and makes their 3M second order (measured: table ``orders`` of benchmarks/bench_solvers.py,
+      2.0 against 3.8-4.0; tests/test_multistep.py).
 
     Warm-up: the first steps use the orders the available history allows (1, then 2, ...). With
     ``lower_order_final`` (default: on for fewer than 15 steps, the papers' code) the final steps drop
@@ -193,7 +199,7 @@ def dpmpp(
             d1_1 = (ms[-2] - ms[-3]).div_(r1)
             diff = d1_0 - d1_1
             x.add_(d1_0, alpha=a_t * phi2).add_(diff, alpha=a_t * phi2 * r0 / (r0 + r1))  # alpha phi_2 D1
-            x.add_(diff, alpha=-2 * a_t * phi3 / (r0 + r1))  # -2 alpha phi_3 D2
+            x.add_(diff, alpha=-_D2_COEFFICIENT * a_t * phi3 / (r0 + r1))  # -2 alpha phi_3 D2
         monitor.update(x, i)
         if i < n:  # the last model value is never needed
             ms.append(model(x, i))
