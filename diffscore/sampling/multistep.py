@@ -367,8 +367,8 @@ def sde_dpmpp_2m(
     Along a stochastic path m is not smooth: ``m_{i-1} - m_{i-2}`` carries the noise injected one step
     earlier, and the correction multiplies it by about ``h_i^2 / h_{i-1}``. With ``lower_order_final``
     (default) the last step is first order: on grids whose last step is long (uniform in t for VP) the
-    correction would amplify that noise (measured on the D = 64 VP mixture, 100 steps uniform in t: a
-    log-density gap of 33 nats instead of 14; on the log-SNR grid 20 steps: 0.1 instead of 3.3 nats).
+    correction would amplify that noise (the papers' code also ends with a first-order step for few
+    steps; the log-density gaps of table ``sde_gap`` of benchmarks/bench_solvers.py are with it).
 
     Args:
         sde, score, x_T, eps, grid, denoise, stats: as in :func:`dpmpp`.
