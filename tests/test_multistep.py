@@ -83,9 +83,9 @@ ORDER_CASES = [
     ("dpmpp", dict(order=1), 1),
     ("dpmpp", dict(order=2), 2),
     ("dpmpp", dict(order=3), 3),
-    ("unipc", dict(order=1, corrector=False), 1),
-    ("unipc", dict(order=2, corrector=False), 2),
-    ("unipc", dict(order=3, corrector=False, variant="bh1"), 3),
+    ("unipc", dict(order=1, use_corrector=False), 1),
+    ("unipc", dict(order=2, use_corrector=False), 2),
+    ("unipc", dict(order=3, use_corrector=False, variant="bh1"), 3),
     ("unipc", dict(order=1), 2),
     ("unipc", dict(order=2), 3),
     ("unipc", dict(order=3), 4),
@@ -127,7 +127,7 @@ def test_first_order_steps_are_ddim_and_unip2_is_dpmpp_2m(sde):
     b = dpm_solver(sde, score, x_T, eps, num_steps=7, order=1, skip_type="logSNR")
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     a = dpmpp(sde, score, x_T, eps, num_steps=9, order=2, lower_order_final=False)
-    b = unipc(sde, score, x_T, eps, num_steps=9, order=2, corrector=False, lower_order_final=False)
+    b = unipc(sde, score, x_T, eps, num_steps=9, order=2, use_corrector=False, lower_order_final=False)
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 

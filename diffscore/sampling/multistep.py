@@ -260,7 +260,7 @@ def unipc(
     order: int = 3,
     grid: str = "logsnr",
     variant: str = "bh2",
-    corrector: bool = True,
+    use_corrector: bool = True,
     lower_order_final: bool = True,
     denoise: bool = False,
     stats: dict[str, Any] | None = None,
@@ -288,7 +288,8 @@ def unipc(
         num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
         order: 1, 2 or 3 (the predictor's; the corrector adds one).
         variant: "bh1" or "bh2".
-        corrector: apply UniC (True, default) or run the predictor alone (UniP).
+        use_corrector: apply UniC (True, default) or run the predictor alone (UniP). (Named apart from
+            ``pc``'s ``corrector``, a string, since both reach :func:`~diffscore.sample` as options.)
         lower_order_final: lower the order of the final steps.
 
     Returns:
@@ -303,6 +304,8 @@ def unipc(
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
+    if not isinstance(use_corrector, bool):
+        raise TypeError(f"use_corrector must be True or False, got {use_corrector!r}")
     g = _Grid(sde, float(eps), n, grid, x_T)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
@@ -318,7 +321,7 @@ def unipc(
         x = base.clone() if ds and c["rho_p"] else base
         for rho, d in zip(c["rho_p"], ds, strict=False):
             x.add_(d, alpha=scale * rho)
-        if corrector and i < n:
+        if use_corrector and i < n:
             m_new = model(x, i)
             x = base
             for rho, d in zip(c["rho_c"][:-1], ds, strict=True):
