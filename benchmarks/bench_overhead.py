@@ -81,6 +81,9 @@ def small_ncsnpp() -> tuple[torch.nn.Module, str]:
 FIXED_STEP = [
     ("heun", "N=3 (+denoise)", dict(num_steps=3)),
     ("dpm_solver", "order 2, 2 steps", dict(num_steps=2, order=2)),
+    ("dpmpp", "3M, 4 steps", dict(num_steps=4, order=3)),
+    ("unipc", "order 3, 4 steps", dict(num_steps=4, order=3)),
+    ("sde_dpmpp_2m", "4 steps", dict(num_steps=4)),
     ("pc", "rd+langevin, 2 steps", dict(num_steps=2, denoise=False)),
     ("sde", "torchsde euler, 3 steps", dict(solver="euler", num_steps=3)),
     ("ode", "torchdiffeq euler, 3 steps", dict(solver="euler", options=dict(step_size=(1 - EPS) / 3))),

@@ -1,14 +1,18 @@
 """Run every performance benchmark: print the tables and write one CSV per table.
 
-    python benchmarks/run_all.py [--quick] [--out runs/bench] [--threads 2] [--only samplers|overhead]
+    python benchmarks/run_all.py [--quick] [--out runs/bench] [--threads 2] [--only samplers|solvers|overhead]
 
 ``bench_samplers.py``: sample quality against NFE for every sampler on Gaussian mixtures (D = 64 and
-3072) and the fast ODE samplers' error curves against a tight probability flow. ``bench_overhead.py``:
-cost per NFE against the bare network (small NCSN++), the likelihood's cost, exact against Hutchinson
-divergence, batch-size scaling and training throughput. See each file's docstring for the columns.
+3072) and the fast ODE samplers' error curves against a tight probability flow. ``bench_solvers.py``
+(issue 10): the PC sampler's variance in every dimension, inpainting / colorization against the exact
+conditional, every deterministic sampler's RMS to a tight PF-ODE at NFE 5-50 and every stochastic
+sampler's log-density gap at NFE 20-100 on the D = 64 mixture, beside the peers' figures.
+``bench_overhead.py``: cost per NFE against the bare network (small NCSN++), the likelihood's cost,
+exact against Hutchinson divergence, batch-size scaling and training throughput. See each file's
+docstring for the columns.
 
-The full run takes about 10 minutes on 2 CPU cores (``--quick``: about 2). Timings are wall-clock on
-whatever else the machine is doing: compare rows of one run, not runs on different days.
+The full run takes about 25 minutes on 2 busy CPU cores (``--quick``: about 5). Timings are wall-clock
+on whatever else the machine is doing: compare rows of one run, not runs on different days.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_overhead  # noqa: E402
 import bench_samplers  # noqa: E402
+import bench_solvers  # noqa: E402
 
-SUITES = {"samplers": bench_samplers.run, "overhead": bench_overhead.run}
+SUITES = {"samplers": bench_samplers.run, "solvers": bench_solvers.run, "overhead": bench_overhead.run}
 
 
 def main() -> None:

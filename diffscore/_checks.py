@@ -6,12 +6,33 @@ which the dynamics objects call on every evaluation (a host sync; see its docstr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
+
+#: A state entry larger than this many prior standard deviations is no longer a plausible sample of
+#: any score model: the solvers treat it as a numerical failure (Issue: "a score of 1e6 returns garbage
+#: silently"). Data scaled to a few units sit 1e3 to 1e4 times inside this bound.
+PLAUSIBLE_FACTOR = 1e4
+
+
+class StepSizeUnderflowError(FloatingPointError):
+    """An adaptive solver's step size fell below what the floating-point time can resolve.
+
+    Raised instead of torchdiffeq's bare ``AssertionError("underflow in dt ...")``; the message names
+    the time and the step size. Usual causes: a score that is erratic or far too large, or tolerances
+    below what the dtype can reach.
+    """
+
+
+def state_limit(prior_std: float) -> float:
+    """The plausible bound on ``|x|`` for a state of a solve whose prior has std ``prior_std``:
+    ``PLAUSIBLE_FACTOR * prior_std``."""
+    return PLAUSIBLE_FACTOR * float(prior_std)
 
 
 def check_positive(name: str, value: float) -> float:
@@ -48,6 +69,35 @@ def check_data(name: str, x: Tensor, min_ndim: int = 2) -> None:
         raise ValueError(f"{name} has an empty batch")
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
+
+
+def _absmax(v: Tensor) -> Tensor:
+    """max |v| as a 0-d tensor, NaN if v has a NaN (one ``aminmax`` pass, no |v| temporary)."""
+    lo, hi = torch.aminmax(v.detach())
+    return torch.maximum(hi, -lo)
+
+
+def check_state_and_score(
+    x: Tensor, s: Tensor, t: Tensor, std: Tensor, limit: float, what: str = "score"
+) -> None:
+    """Raise FloatingPointError naming t unless the state and the score are plausible.
+
+    Plausible: every entry of ``x`` finite with ``|x| <= limit``, and every entry of the score ``s``
+    finite with ``|s| std(t)^2 <= 2 limit`` (with the smallest std of the batch). The second bound is
+    implied by the first: Tweedie's formula ``s = (alpha x0_hat - x) / std^2`` with a state and a
+    denoised estimate both within ``limit``. Two reductions and one host sync per call (used by the
+    torchsde / torchdiffeq adapters, whose solvers synchronise every step anyway).
+    """
+    v = torch.stack([_absmax(x), _absmax(s) * std.detach().min().square()])  # inf * 0 = NaN fails too
+    ok = (v <= torch.tensor([limit, 2 * limit], dtype=v.dtype, device=v.device)).tolist()
+    if not all(ok):
+        tt = float(t.reshape(-1)[0]) if isinstance(t, Tensor) else float(t)
+        name, val = ("state", x) if not ok[0] else (what, s)
+        kind = "non-finite" if not bool(torch.isfinite(val).all()) else "implausibly large"
+        raise FloatingPointError(
+            f"{kind} {name} at t = {tt:.6g} (plausible: |x| <= {limit:.3g}, {PLAUSIBLE_FACTOR:g} x the "
+            "prior std, and |score| std(t)^2 <= 2 x that)"
+        )
 
 
 def check_finite(name: str, value: Tensor, t: Tensor | float) -> None:
@@ -143,26 +193,63 @@ def bcast(v: Tensor, x: Tensor) -> Tensor:
 
 
 class FiniteMonitor:
-    """Tracks, without a host sync per step, the first step at which a state went non-finite.
+    """Tracks, without a host sync per step, the first step at which a state went non-finite or left
+    the plausible range ``|x| <= limit``.
 
-    For fixed-step sampler loops: call ``update(x, i)`` at step i (device-side bookkeeping only) and
-    ``check(times)`` once after the loop, which syncs once and raises FloatingPointError naming
-    ``times[i]`` of the first bad step.
+    For fixed-step sampler loops: call ``update(x, i)`` at step i and ``check(times)`` once after the
+    loop, which syncs once and raises FloatingPointError naming ``times[i]`` of the first bad step.
+    ``update`` costs one ``aminmax`` reduction (which propagates NaN) and nothing else on the device:
+    the (min, max) pairs are kept and compared with the limit in batches of 256 steps. ``limit``
+    defaults to infinity (finiteness only); the samplers pass :func:`state_limit`.
     """
 
-    def __init__(self, name: str = "state") -> None:
-        self.name = name
-        self.first: Tensor | None = None
+    _BATCH = 256
 
-    def update(self, x: Tensor, step: int) -> None:
-        bad = ~torch.isfinite(x).all()
+    def __init__(self, name: str = "state", limit: float = math.inf) -> None:
+        self.name = name
+        self.limit = float(limit)
+        self.first: Tensor | None = None  # first bad step among the folded batches (-1: none yet)
+        self._pending: list[tuple[int, Tensor, Tensor, Tensor | float | None]] = []
+
+    def update(self, x: Tensor, step: int, scale: Tensor | float | None = None) -> None:
+        """Record step ``step``; it is bad if ``scale * x`` has an entry that is NaN, inf or beyond the
+        limit (``scale``: a 0-d tensor or float, e.g. alpha(t) when the loop carries ``x / alpha``)."""
+        lo, hi = torch.aminmax(x.detach())
+        self._pending.append((step, lo, hi, scale))
+        if len(self._pending) >= self._BATCH:
+            self._fold()
+
+    def _fold(self) -> None:
+        """Compare the pending steps with the limit on the device and keep the first bad one."""
+        if not self._pending:
+            return
+        steps, los, his, scales = zip(*self._pending, strict=True)
+        self._pending = []
+        lo = torch.stack(los).float() if los[0].element_size() < 4 else torch.stack(los)
+        hi = torch.stack(his).to(lo.dtype)
+        if any(sc is not None for sc in scales):
+            sc = torch.stack([torch.as_tensor(1.0 if v is None else v).to(lo) for v in scales])
+            lo, hi = lo * sc, hi * sc
+        limit = self.limit if math.isfinite(self.limit) else torch.finfo(hi.dtype).max
+        bad = ~((hi <= limit) & (lo >= -limit))  # NaN compares False: bad
+        idx = torch.tensor(steps, dtype=torch.long, device=bad.device)
+        none = torch.iinfo(torch.long).max
+        first = torch.where(bad, idx, torch.full_like(idx, none)).min()  # the first bad step of the batch
+        first = torch.where(first < none, first, torch.full_like(first, -1))
         if self.first is None:
-            self.first = torch.full((), -1, dtype=torch.long, device=x.device)
-        self.first = torch.where((self.first < 0) & bad, torch.full_like(self.first, step), self.first)
+            self.first = first
+        else:
+            self.first = torch.where(self.first >= 0, self.first, first)
+
+    def first_bad(self) -> int:
+        """The first bad step, or -1 (one host sync)."""
+        self._fold()
+        return -1 if self.first is None else int(self.first)
 
     def check(self, times: Sequence[float] | Tensor) -> None:
-        if self.first is None:
-            return
-        i = int(self.first)
+        i = self.first_bad()
         if i >= 0:
-            raise FloatingPointError(f"non-finite {self.name} at t = {float(times[i]):.6g} (step {i})")
+            bound = "" if not math.isfinite(self.limit) else f" (plausible: |x| <= {self.limit:.3g})"
+            raise FloatingPointError(
+                f"non-finite or implausibly large {self.name} at t = {float(times[i]):.6g} (step {i}){bound}"
+            )

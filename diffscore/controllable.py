@@ -6,9 +6,12 @@ and Appendix I (I.1 class-conditional sampling with a time-dependent classifier,
 I.3 colorization).
 
 Inpainting and colorization run the predictor-corrector sampler of :mod:`diffscore.sampling.pc`; after every
-predictor and corrector update the known entries are replaced by a fresh draw from the forward marginal
-at the current time, ``alpha(t) x_known + std(t) z``. The returned image is the denoised state (Tweedie's
-formula at eps) with the known entries set to ``x_known`` exactly.
+predictor and corrector update the known entries are set to ``alpha(t) x_known + std(t) e``. The paper
+(App. I.2) draws ``e`` afresh each time; by default here ``e`` is the model's own noise prediction at
+those entries, ``e = -std(t') score(x', t')`` from the latest score evaluation (x', t'), which makes the
+unknown entries follow the exact conditional dynamics for Gaussian data (see :func:`inpaint`). The
+returned image is the denoised state (Tweedie's formula at eps) with the known entries set to
+``x_known`` exactly.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ __all__ = [
 #: ``log_prob_y(x, t) -> (B,)``: log p_t(y | x) in nats for the wanted condition y.
 LogProbFn = Callable[[Tensor, Tensor], Tensor]
 
+#: Noise of the known entries during inpainting (:func:`inpaint`).
+KNOWN_NOISE = ("predicted", "fresh")
+
 
 def inpaint(
     sde: SDE,
@@ -56,9 +62,27 @@ def inpaint(
     n_steps: int = 1,
     num_steps: int = 1000,
     denoise: bool = True,
+    grid: str = "time_uniform",
+    known_noise: str = "predicted",
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
     """Fill in the unknown entries of ``x_known`` by PC sampling (Song et al. 2021, App. I.2).
+
+    After every predictor and corrector update the known entries are set to ``alpha(t) y + std(t) e``
+    (y = the known values). With ``known_noise="fresh"`` (the paper's rule) ``e ~ N(0, I)`` is drawn
+    anew each time; the unknown entries then follow the score of ``p_t(x_u | x_k,t)``, the data
+    conditioned on a *noisy* copy of y, which is broader than ``p_t(x_u | y)``: the variance of the
+    unknown entries comes out too large (x1.5-2.4 on correlated Gaussian data without a corrector).
+    With ``known_noise="predicted"`` (default) ``e = -std(t') score(x', t')`` is the model's noise
+    prediction at the known entries from the latest score evaluation. Its fixed point is the state whose
+    denoised estimate ``E[x_k,0 | x_t]`` equals y exactly (Tweedie), and there, for Gaussian data, the
+    unknown part of the score is exactly that of ``p_t(x_u | y)`` (``E[x_u,0 | x_t]`` is linear in
+    ``x_k,0``, so averaging over ``x_k,0 | x_t`` with mean y gives the conditional denoiser); for other
+    data it is exact up to the posterior spread of ``x_k,0 | x_t``, which vanishes as t -> 0. Each score
+    evaluation advances the fixed-point iteration by one step, at no extra NFE. (The known part then
+    moves like a DDIM step towards y, as in DDNM, Wang et al. 2023.) Measured on Gaussian data, D = 4
+    to 192: conditional variance within a few % of exact (tests/test_controllable.py; table
+    ``controllable_variance`` of benchmarks/bench_solvers.py).
 
     Args:
         sde: the forward SDE the score was trained for.
@@ -68,17 +92,22 @@ def inpaint(
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
         x_T: optional (B, *shape) start at T (default: a prior draw); its known entries are replaced.
         eps: last time of the solve (default :func:`~diffscore.sampling.default_eps`).
-        predictor, corrector, snr, n_steps, num_steps, denoise, stats: as in
-            :func:`~diffscore.sampling.pc.pc_sample`.
+        predictor, corrector, snr, n_steps, num_steps, denoise, grid, stats: as in
+            :func:`~diffscore.sampling.pc.pc_sample` (the corrector defaults to its "langevin").
+        known_noise: "predicted" (default) or "fresh", the noise of the known entries (above).
 
     Returns:
         (B, *shape) samples, equal to ``x_known`` exactly where ``mask == 1``.
 
     Raises:
         ValueError / TypeError: a mask of the wrong shape or with entries outside {0, 1}, bad
-            ``x_known`` / ``x_T`` / ``eps``, and the errors of ``pc_sample``.
+            ``x_known`` / ``x_T`` / ``eps``, an unknown ``known_noise``, and the errors of ``pc_sample``.
     """
     check_data("x_known", x_known)
+    if known_noise not in KNOWN_NOISE:
+        raise ValueError(f"known_noise must be one of {KNOWN_NOISE}, got {known_noise!r}")
+    if not callable(score):
+        raise TypeError("score must be callable: score(x, t) -> like x")
     mask = _check_mask(mask, x_known)
     known = torch.broadcast_to(mask.bool(), x_known.shape)
     eps = check_eps(default_eps(sde) if eps is None else eps, sde.T)
@@ -91,15 +120,25 @@ def inpaint(
                 f"x_T must be shaped like x_known {tuple(x_known.shape)}, got {tuple(x_T.shape)}"
             )
 
+    last: dict[str, Tensor] = {}
+
+    def recording_score(x: Tensor, t: Tensor) -> Tensor:
+        s = score(x, t)
+        last["s"], last["t"] = s, t
+        return s
+
     def replace_known(x: Tensor, t: Tensor) -> Tensor:
         alpha, std = sde._alpha_std(t)
-        x_known_t = bcast(alpha, x) * x_known + bcast(std, x) * randn(x.shape, generator, x.device, x.dtype)
-        return torch.where(known, x_known_t, x)
+        if known_noise == "predicted" and "s" in last:
+            noise = -bcast(sde._var(last["t"]).sqrt(), x) * last["s"]  # the model's noise prediction
+        else:
+            noise = randn(x.shape, generator, x.device, x.dtype)
+        return torch.where(known, bcast(alpha, x) * x_known + bcast(std, x) * noise, x)
 
     x_T = replace_known(x_T, torch.full((x_T.shape[0],), sde.T, dtype=x_T.dtype, device=x_T.device))
     x = pc_sample(
         sde,
-        score,
+        recording_score,
         x_T,
         eps,
         generator,
@@ -109,6 +148,7 @@ def inpaint(
         n_steps=n_steps,
         num_steps=num_steps,
         denoise=denoise,
+        grid=grid,
         constraint=replace_known,
         stats=stats,
     )
@@ -154,6 +194,8 @@ def colorize(
     n_steps: int = 1,
     num_steps: int = 1000,
     denoise: bool = True,
+    grid: str = "time_uniform",
+    known_noise: str = "predicted",
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
     """Color a gray image by PC sampling (Song et al. 2021, App. I.3).
@@ -167,7 +209,7 @@ def colorize(
         gray: (B, 1, *spatial) gray image.
         weights: (C,) projection weights, not all zero (default: the channel mean of RGB).
         x_T: optional (B, C, *spatial) start at T in color space.
-        The other arguments are those of :func:`inpaint`.
+        The other arguments are those of :func:`inpaint` (``known_noise`` applies to the gray coordinate).
 
     Returns:
         (B, C, *spatial) color images whose projection ``weights . x`` equals ``gray`` up to rounding.
@@ -212,6 +254,8 @@ def colorize(
         n_steps=n_steps,
         num_steps=num_steps,
         denoise=denoise,
+        grid=grid,
+        known_noise=known_noise,
         stats=stats,
     )
     return _from_basis(q, y)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_finite
+from ._checks import check_finite, check_state_and_score, state_limit
 from .score import ScoreFn
 from .sde import SDE
 
@@ -55,7 +55,14 @@ def _check_sde_type(sde_type: str) -> str:
 
 
 class _Dynamics(nn.Module):
-    """Holds the SDE, the score (registered as a submodule when it is one) and the NFE counter."""
+    """Holds the SDE, the score (registered as a submodule when it is one) and the NFE counter.
+
+    Every score evaluation is checked (one reduction per tensor, one host sync: the solvers that use
+    these objects synchronise every step anyway): the state must be finite with ``|x| <= limit``
+    (``1e4`` prior stds) and the score finite with ``|s| std(t)^2 <= 2 limit``; otherwise
+    FloatingPointError names t. ``last_t`` keeps the time of the latest evaluation (for error messages
+    of the adaptive solvers).
+    """
 
     def __init__(self, sde: SDE, score: ScoreFn | None, needs_score: bool = True) -> None:
         super().__init__()
@@ -66,11 +73,14 @@ class _Dynamics(nn.Module):
         self.sde = sde
         self.score = score
         self.nfe = 0
+        self.limit = state_limit(sde.prior_std)
+        self.last_t: Tensor | None = None
 
     def _score(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
+        self.last_t = t
         s = self.score(x, t)
-        check_finite("score", s, t)
+        check_state_and_score(x, s, t, self.sde._var(t.detach()).sqrt(), self.limit)
         return s
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's method table
 from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
 
-from ._checks import Generator, check_data, check_eps, check_positive, rand, randn
+from ._checks import Generator, StepSizeUnderflowError, check_data, check_eps, check_positive, rand, randn
 from .dynamics import LikelihoodODE, ProbabilityFlowODE
 from .score import ScoreFn
 from .sde import SDE
@@ -78,13 +78,47 @@ def _ode_kwargs(
     return dict(rtol=rtol, atol=atol, method=method, options=opts)
 
 
+def _odeint(func, y0: Tensor, ts: Tensor, flow: ProbabilityFlowODE, **kw: Any) -> Tensor:
+    """``torchdiffeq.odeint`` whose bare assertions become the library's errors naming t.
+
+    torchdiffeq's adaptive solvers assert ``t0 + dt > t0`` ("underflow in dt ...") and a finite state;
+    here the first raises :class:`~diffscore._checks.StepSizeUnderflowError` and the second
+    FloatingPointError, both naming the time of the latest evaluation (``flow.last_t``) and the step.
+    """
+    try:
+        return torchdiffeq.odeint(func, y0, ts, **kw)
+    except AssertionError as err:
+        msg = str(err)
+        t = flow.last_t
+        where = f"t = {float(t.reshape(-1)[0]):.6g}" if t is not None else f"t near {float(ts[0]):.6g}"
+        if msg.startswith("underflow in dt"):
+            dt = msg.split("underflow in dt", 1)[1].strip()
+            raise StepSizeUnderflowError(
+                f"the adaptive ODE solver's step size underflowed at {where} (dt = {dt}): the score is "
+                "erratic there, or rtol/atol are below what the dtype resolves"
+            ) from None
+        if msg.startswith("non-finite values in state"):
+            raise FloatingPointError(f"non-finite ODE state at {where}") from None
+        raise
+
+
 @torch.no_grad()
 def _solve_flow(sde, score, x, t0, t1, eps, rtol, atol, method, options):
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
     ts = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
     kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(x.shape[0]), ts[-1])
-    out = torchdiffeq.odeint(flow, x, ts, **kw)[-1]
+    out = _odeint(flow, x, ts, flow, **kw)[-1]
+    _check_output("latent" if t1 > t0 else "sample", out, t1, flow.limit)
     return out, flow.nfe
+
+
+def _check_output(name: str, x: Tensor, t: float, limit: float) -> None:
+    """The solver's final state must be finite and within the plausible range (fixed-step solvers never
+    evaluate the dynamics there)."""
+    big = float(x.detach().abs().amax()) if x.numel() else 0.0
+    if not (big <= limit and math.isfinite(big)):  # NaN fails too
+        kind = "non-finite" if not bool(torch.isfinite(x).all()) else "implausibly large"
+        raise FloatingPointError(f"{kind} {name} at t = {t:.6g} (plausible: |x| <= {limit:.3g})")
 
 
 def encode(
@@ -216,9 +250,11 @@ def log_likelihood(
     state0 = torch.cat([x.reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
     ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(b, split=d), ts[-1])
-    state = torchdiffeq.odeint(func, state0, ts, **kw)[-1]
+    state = _odeint(func, state0, ts, flow, **kw)[-1]
     z = state[:, :d].reshape(x.shape)
     delta = state[:, d]
+    _check_output("latent", z, sde.T, flow.limit)
+    _check_output("log-density change", delta[:, None], sde.T, math.inf)
     prior = sde.prior_logp(z)
     return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=flow.nfe)
 

@@ -203,3 +203,73 @@ def test_train_time_dependent_classifier_on_toy_mixture():
     assert 0 < float(exact_loss) < losses[0]
     with pytest.raises(ValueError, match="labels"):
         train_time_dependent_classifier(net, sde, data, labels[:5], steps=1)
+
+
+# ---- acceptance (issue 10): conditional variance of inpainting and colorization ------------------------
+
+
+def _conditional(cov, mu, known, x0):
+    """Exact conditional mean and covariance of the unknown entries given the known ones."""
+    u = ~known
+    gain = torch.linalg.solve(cov[known][:, known], cov[known][:, u]).T
+    return mu[u] + gain @ (x0[known] - mu[known]), cov[u][:, u] - gain @ cov[known][:, u]
+
+
+@pytest.mark.parametrize("sde", [ds.VPSDE(), ds.VESDE(), ds.SubVPSDE()], ids=["vp", "ve", "subvp"])
+@pytest.mark.parametrize("d", [4, 16, 64, 192])
+def test_inpaint_conditional_variance_is_exact_on_gaussian_data(sde, d):
+    # N(mu, 1 1^T + 0.01 I) with the first half of the entries known (the issue's case at D = 4): the
+    # known entries pin the shared component, so the conditional std (0.1) is a tenth of the marginal
+    # one. Defaults (Langevin corrector, known entries at the model's predicted noise), 500 steps.
+    # n = 8000 / D samples x D/2 unknown entries: the mean variance ratio has standard error
+    # sqrt(2 / 4000) = 2.2%; 10% (the issue's bound) is 4.5 of them. Measured 0.99-1.04. The paper's
+    # rule (fresh noise on the known entries) gives x1.22-1.57 at D = 4 (checked below).
+    mu, cov = (
+        torch.linspace(-1, 1, d, dtype=D64),
+        torch.ones(d, d, dtype=D64) + 0.01 * torch.eye(d, dtype=D64),
+    )
+    known = torch.arange(d) < d // 2
+    g = torch.Generator().manual_seed(d)
+    x0 = mu + torch.linalg.cholesky(cov) @ torch.randn(d, generator=g, dtype=D64)
+    n = 8000 // d
+    mean, post = _conditional(cov, mu, known, x0)
+    score = _gaussian_score(sde, mu, cov)
+    out = ds.inpaint(sde, score, x0.expand(n, d), known.to(D64)[None], generator=g, num_steps=500)
+    ratio = float((out[:, ~known].var(0) / post.diagonal()).mean())
+    assert abs(ratio - 1) < 0.10, ratio
+    # the mean: standard error sqrt(0.01 / n) per entry; 5 of them
+    assert float((out[:, ~known].mean(0) - mean).abs().max()) < 5 * (post.diagonal().max() / n).sqrt()
+    if d == 4:
+        fresh = ds.inpaint(
+            sde, score, x0.expand(n, d), known.to(D64)[None], generator=g, num_steps=500, known_noise="fresh"
+        )
+        assert float((fresh[:, ~known].var(0) / post.diagonal()).mean()) > 1.2
+
+
+@pytest.mark.parametrize("sde", [ds.VPSDE(), ds.VESDE(), ds.SubVPSDE()], ids=["vp", "ve", "subvp"])
+@pytest.mark.parametrize("hw", [2, 8])
+def test_colorize_conditional_variance_is_exact_on_gaussian_data(sde, hw):
+    # color images (3, hw, hw), D = 12 and 192, channels correlated, gray = w . rgb per pixel. In the
+    # rotated basis of gray_basis the unseen color coordinates have the exact conditional covariance
+    # Q^T (S - S A^T (A S A^T)^-1 A S) Q. n x 2 hw^2 unseen coordinates >= 3200: standard error of the
+    # mean variance ratio <= 2.5%; 10% is 4 of them. Measured 0.99-1.04 (the old per-sample
+    # corrector with fresh noise: 1.19 at D = 12, benchmark table controllable_variance).
+    d = 3 * hw * hw
+    mix = torch.tensor([[1.0, 0.6, 0.2], [0.6, 1.0, 0.5], [0.2, 0.5, 1.0]], dtype=D64)
+    cov = torch.kron(mix, torch.eye(hw * hw, dtype=D64)) + 0.05 * torch.eye(d, dtype=D64)
+    mu = torch.linspace(-0.5, 0.5, d, dtype=D64)
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=D64)
+    a = torch.kron(w[None], torch.eye(hw * hw, dtype=D64))
+    g = torch.Generator().manual_seed(hw)
+    x0 = mu + torch.linalg.cholesky(cov) @ torch.randn(d, generator=g, dtype=D64)
+    gray = (a @ x0).reshape(1, 1, hw, hw)
+    n = max(200, 3200 // (2 * hw * hw))
+    out = ds.colorize(
+        sde, _gaussian_score(sde, mu, cov), gray.expand(n, 1, hw, hw), weights=w, generator=g, num_steps=500
+    )
+    post = cov - cov @ a.T @ torch.linalg.solve(a @ cov @ a.T, a @ cov)
+    q = torch.kron(gray_basis(w).T.contiguous(), torch.eye(hw * hw, dtype=D64))  # color -> rotated, flat
+    unseen = torch.arange(d) >= hw * hw
+    y = out.reshape(n, d) @ q.T
+    ratio = float((y[:, unseen].var(0) / (q @ post @ q.T).diagonal()[unseen]).mean())
+    assert abs(ratio - 1) < 0.10, ratio

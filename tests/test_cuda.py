@@ -1,6 +1,7 @@
 """GPU checks of the fast samplers and perf options (skipped without CUDA).
 
-* Device independence: heun / dpm_solver / sde_adaptive on CUDA give the CPU answer (float64).
+* Device independence: heun / dpm_solver / dpmpp / unipc / sde_adaptive on CUDA give the CPU answer
+  (float64).
 * No host synchronisation inside fixed-step loops: with ``torch.cuda.set_sync_debug_mode("warn")``
   every synchronising call warns; the count must not grow with the number of steps (the time grid is
   built and the NaN check read once per solve). sde_adaptive may sync once per iteration.
@@ -35,7 +36,7 @@ def oracle(device, dtype=F64, d=16):
     return GaussianMixture(torch.tensor([0.2, 0.3, 0.5], dtype=F64), means, 0.1).to(device, dtype)
 
 
-@pytest.mark.parametrize("method", ["heun", "dpm_solver"])
+@pytest.mark.parametrize("method", ["heun", "dpm_solver", "dpmpp", "unipc"])
 def test_fixed_step_samplers_match_cpu(method):
     sde = ds.VPSDE()
     x_T = sde.prior_sample((32, 16), torch.Generator().manual_seed(1), dtype=F64)
@@ -57,7 +58,7 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("method", ["heun", "dpm_solver"])
+@pytest.mark.parametrize("method", ["heun", "dpm_solver", "dpmpp", "unipc", "sde_dpmpp_2m", "pc"])
 def test_no_host_sync_per_step(method):
     sde = ds.VESDE()
     score = oracle("cuda", torch.float32).score_fn(sde)

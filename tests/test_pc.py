@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,16 +51,16 @@ def test_every_predictor_corrector_pair_runs_and_counts_nfe(name):
 
 # mixture weights 0.2 / 0.8 from 4000 samples: binomial error sqrt(0.16 / 4000) = 0.0063, so 0.02 is
 # 3.2 standard errors. x_T is an exact draw from p_T so that the prior mismatch (N(0, 50^2) is not p_T
-# for VE: it moves the weights towards 1/2 by about 0.01 here) does not enter. The "langevin"
-# corrector runs in D = 16: its per-sample step depends on the state through ||score||, which biases
-# its stationary law by O(1/D) (docs/samplers.md); the D = 16 runs are in float32 to halve their cost.
+# for VE: it moves the weights towards 1/2 by about 0.01 here) does not enter. The default "langevin"
+# corrector runs in D = 2 as well as D = 16: its step does not depend on the state, so its stationary law
+# has no O(1/D) bias (the per-sample "langevin_score_norm" rule needs D = 16 to pass, docs/samplers.md).
 WEIGHT_CASES = [
-    ("ve", "reverse_diffusion", "langevin", 16, torch.float32),
-    ("vp", "reverse_diffusion", "langevin", 16, torch.float32),
+    ("ve", "reverse_diffusion", "langevin", 2, D64),
+    ("vp", "reverse_diffusion", "langevin", 2, D64),
     ("subvp", "reverse_diffusion", "langevin", 16, torch.float32),
     ("ve", "ancestral", "annealed_langevin", 2, D64),
     ("vp", "ancestral", "none", 2, D64),
-    ("subvp", "euler_maruyama", "annealed_langevin", 2, D64),
+    ("subvp", "euler_maruyama", "langevin", 2, D64),
 ]
 
 
@@ -142,6 +143,104 @@ def test_per_sample_generators_make_samples_independent_of_batch_mates():
         alone = ds.sample(sde, gm.score_fn(sde), (1, 3), generator=[torch.Generator().manual_seed(k)], **opts)
         # same draws, per-row arithmetic: equal up to summation-order rounding
         torch.testing.assert_close(batch[k : k + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+# ---- acceptance (issue 10): the default sampler is right in every dimension ---------------------------
+
+
+def _gaussian_score(sde, mu: float, s0: float):
+    """Exact score of p_t = N(alpha mu, (alpha^2 s0^2 + std^2) I) (cheaper than the mixture oracle)."""
+
+    def score(x, t):
+        alpha, std = sde._alpha_std(t)
+        a, v = alpha[:, None], (alpha**2 * s0**2 + std**2)[:, None]
+        return (a * mu - x) / v
+
+    return score
+
+
+def _gaussian_output_variance(sde, s0: float, eps: float) -> float:
+    """Exact per-coordinate variance of the default output E[x_0 | x_eps] for data N(mu, s0^2 I):
+    s0^4 alpha^2 / (alpha^2 s0^2 + std^2) (the variance of a Gaussian posterior mean)."""
+    alpha, std = sde.marginal_coeffs(torch.tensor(eps, dtype=D64))
+    return float(s0**4 * alpha**2 / (alpha**2 * s0**2 + std**2))
+
+
+@pytest.mark.parametrize("name", list(SDES))
+@pytest.mark.parametrize("d", [1, 2, 3, 8, 64])
+def test_default_pc_variance_is_right_in_every_dimension(name, d):
+    # Data N(1, 0.5^2 I_D), exact score, ds.sample(method="pc") with every default (reverse diffusion +
+    # Langevin corrector, snr 0.16, N = 1000, denoising), float32. The per-sample rule of the paper gave
+    # 2e4 / 6.8 / 0.67 / 0.32 for D = 1 / 2 / 3 / 8 (exact 0.25) and x1.07 at D = 64.
+    # n D = 32000 draws: the variance ratio has standard error sqrt(2 / (n D)) = 0.8%. Measured ratios
+    # 1.000-1.018 (the sampler's own bias, unadjusted Langevin and discretisation, is about +0.7%).
+    # Tolerance: the issue's 5% (D < 8) and 3% (D >= 8).
+    sde = SDES[name]
+    n = 32000 // d
+    x = ds.sample(
+        sde, _gaussian_score(sde, 1.0, 0.5), (n, d), generator=torch.Generator().manual_seed(d), method="pc"
+    )
+    eps = ds.sampling.default_eps(sde)
+    ratio = float(x.var(0).mean()) / _gaussian_output_variance(sde, 0.5, eps)
+    assert abs(ratio - 1) < (0.05 if d < 8 else 0.03), ratio
+
+
+@pytest.mark.parametrize("name", list(SDES))
+def test_default_pc_variance_does_not_grow_with_the_number_of_steps(name):
+    # D = 2, where the per-sample rule diverged as steps grew (variance 2.06 / 3.09 / 8.09 at 250 / 1000 /
+    # 4000 steps, exact 0.25): here 250 and 4000 steps both within 5% (12000 x 2 draws, float32,
+    # standard error 0.9%: 5.5 standard errors), and 4000 steps no further from exact than 250 steps
+    # plus 3 standard errors of the difference.
+    sde = SDES[name]
+    exact = _gaussian_output_variance(sde, 0.5, ds.sampling.default_eps(sde))
+    errors = []
+    for num_steps in (250, 4000):
+        g = torch.Generator().manual_seed(7)
+        x = ds.sample(
+            sde, _gaussian_score(sde, 1.0, 0.5), (12000, 2), generator=g, method="pc", num_steps=num_steps
+        )
+        errors.append(abs(float(x.var(0).mean()) / exact - 1))
+    assert max(errors) < 0.05, errors
+    assert errors[1] < errors[0] + 3 * 0.013, errors
+
+
+def test_readme_mixture_example_is_right():
+    # README's example: 0.3 N((-2, 0), 0.5^2 I) + 0.7 N((2, 1), 0.5^2 I), VP, ds.sample(method="pc",
+    # corrector="langevin", snr=0.16). The per-sample rule gave weight 0.358 and within-component std 2.38.
+    # 8000 samples: weight standard error sqrt(0.21 / 8000) = 0.0051 (0.02 is 3.9 of them); the
+    # within-component std of ~2400 / 5600 samples x 2 dims has standard error < 1%, so 5% is loose for
+    # sampling noise and tight against a wrong stationary law.
+    sde = ds.VPSDE()
+    oracle = GaussianMixture([0.3, 0.7], torch.tensor([[-2.0, 0.0], [2.0, 1.0]], dtype=D64), 0.5)
+    x = ds.sample(
+        sde, oracle.score_fn(sde), (8000, 2), method="pc", predictor="reverse_diffusion",
+        corrector="langevin", snr=0.16, generator=torch.Generator().manual_seed(11), dtype=D64,
+    )  # fmt: skip
+    labels = oracle.posterior(x).argmax(1)
+    assert abs(float((labels == 0).double().mean()) - 0.3) < 0.02
+    alpha, std = sde.marginal_coeffs(torch.tensor(1e-3, dtype=D64))
+    want = float(0.25 * alpha / (alpha**2 * 0.25 + std**2).sqrt())  # std of E[x_0 | x_eps]
+    for k in (0, 1):
+        got = float((x[labels == k] - oracle.means[k]).std(0).mean())
+        assert abs(got / want - 1) < 0.05, (k, got, want)
+
+
+@pytest.mark.parametrize("grid", ["time_uniform", "logsnr", "karras"])
+def test_pc_grids_reach_eps_and_sample_the_gaussian(grid):
+    # every grid runs T -> eps exactly and samples N(1, 0.25) within 5% (12000 x 2 draws: 0.9% s.e.)
+    sde = SDES["vp"]
+    sch = PCSchedule.build(sde, 1e-3, 50, torch.zeros(1, dtype=D64), grid)
+    assert sch.times[0] == sde.T and sch.times[-1] == 1e-3 and all(np.diff(sch.times) < 0)
+    score = _gaussian_score(sde, 1.0, 0.5)
+    x = ds.sample(
+        sde, score, (12000, 2), method="pc", num_steps=300, grid=grid,
+        generator=torch.Generator().manual_seed(3), dtype=D64,
+    )  # fmt: skip
+    assert abs(float(x.var(0).mean()) / _gaussian_output_variance(sde, 0.5, 1e-3) - 1) < 0.05
+    with pytest.raises(ValueError, match="grid"):
+        ds.sample(sde, score, (2, 2), method="pc", grid="linear")
+    with pytest.raises(ValueError, match="sigma"):  # log-SNR needs lambda(eps) finite
+        ds.sample(sde, score, (2, 2), method="pc", grid="logsnr", eps=0.0)
 
 
 def test_nan_is_reported_with_its_time():

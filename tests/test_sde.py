@@ -268,3 +268,21 @@ def test_bad_times_and_states_raise(sde):
         sde.marginal_prob(torch.zeros(0, 2), 0.5)
     with pytest.raises(ValueError, match="sigma"):
         sde.t_from_sigma(torch.tensor([-1.0]))
+
+
+def test_ve_default_kernel_and_sampling_end_are_the_papers_noise_level():
+    # the default kernel stays "exact" (the SDE's own marginal; configs saved before the kernel existed
+    # carry no "kernel" key and must load as what they were trained with), and the default sampling
+    # end time puts both kernels at the papers' last noise level sigma_min = 0.01 (Song et al. 2021,
+    # App. C: VE samplers stop at sigma_min), not at std(1e-5) = 1.3e-4 of the exact kernel.
+    from diffscore.sampling import default_eps
+
+    assert VESDE().kernel == "exact"
+    assert ds.sde.sde_from_config({"name": "ve", "sigma_min": 0.01, "sigma_max": 50.0}).kernel == "exact"
+    assert ds.sde.sde_to_config(VESDE())["kernel"] == "exact"  # new configs always record it
+    for kernel in ("exact", "sigma"):
+        sde = VESDE(kernel=kernel)
+        _, std = sde.marginal_coeffs(torch.tensor(default_eps(sde), dtype=F64))
+        torch.testing.assert_close(std, torch.tensor(0.01, dtype=F64), rtol=1e-4, atol=0.0)
+    assert default_eps(VESDE(kernel="sigma")) == 1e-5
+    assert default_eps(VPSDE()) == default_eps(SubVPSDE()) == 1e-3

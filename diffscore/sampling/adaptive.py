@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import Generator, bcast, check_positive, randn
+from .._checks import Generator, StepSizeUnderflowError, bcast, check_positive, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 from .fast import _check_int, _check_sde_state
@@ -84,7 +84,8 @@ def sde_adaptive(
             (steps that move away from 0 get looser relative tolerances), which in low dimension inflates
             the sample variance (measured +15% to +130% at D = 4 on Gaussian data, more at tighter
             tolerances). Costs ``brownian_memory`` copies of the state.
-        max_iters: raise RuntimeError after this many iterations (guards a collapsing step size).
+        max_iters: the step budget: raise RuntimeError after this many iterations (each attempts one
+            step for every unfinished sample) if some sample has not reached eps.
         denoise: add the Tweedie step ``(x + std^2 score) / alpha`` at eps (one more NFE; output at t = 0).
         stats: optional dict that receives ``nfe`` (batched score evaluations), ``iterations`` and
             ``rejected`` (rejected attempts summed over samples).
@@ -95,8 +96,11 @@ def sde_adaptive(
     Raises:
         ValueError / TypeError: non-positive tolerances, ``h_init``, ``safety``, ``exponent``; ``norm``
             < 1; ``eps`` outside [0, T); a bad ``sde``/``score``/``x_T``/``generator``.
-        FloatingPointError: the state turned non-finite (names the time of the first bad sample).
-        RuntimeError: ``max_iters`` reached.
+        FloatingPointError: the state or the error estimate turned non-finite, or the state left the
+            plausible range ``|x| <= 1e4 prior stds`` (names the time of the first bad sample).
+        StepSizeUnderflowError: a sample's step size fell below what its time resolves (``t - h == t``).
+        RuntimeError: ``max_iters`` reached before every sample reached eps (names the times and the
+            step sizes reached).
     """
     _check_sde_state(sde, score, x_T)
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
@@ -117,6 +121,7 @@ def sde_adaptive(
     t_end = torch.full((b,), float(eps), **kw)
     rejected = torch.zeros((), dtype=torch.long, device=x_T.device)
     bad = torch.zeros((b,), dtype=torch.bool, device=x_T.device)  # a NaN/inf error estimate last step
+    limit = state_limit(sde.prior_std)
     x, x_prev = x_T, x_T
     nfe = iters = 0
 
@@ -128,13 +133,30 @@ def sde_adaptive(
     memory = _BrownianMemory(brownian_memory, x_T)
     while True:
         active = t > t_end
-        status = torch.stack([active.any(), bad.any()]).tolist()  # the one host sync per iteration
-        if status[1]:
-            raise FloatingPointError(f"non-finite state or score at t = {float(t[bad].max()):.6g}")
+        # the one host sync per iteration: done? a bad error estimate or state? a collapsed step?
+        big = ~(x.reshape(b, -1).abs().amax(1) <= limit)  # NaN counts as too big
+        stuck = active & (t - h >= t)
+        status = torch.stack([active.any(), bad.any(), big.any(), stuck.any()]).tolist()
+        if status[1] or status[2]:
+            which = bad | big
+            raise FloatingPointError(
+                f"non-finite or implausibly large state or score at t = {float(t[which].max()):.6g} "
+                f"(plausible: |x| <= {limit:.3g}, 1e4 x the prior std)"
+            )
+        if status[3]:
+            raise StepSizeUnderflowError(
+                f"sde_adaptive: step size underflow at t = {float(t[stuck].max()):.6g} "
+                f"(h = {float(h[stuck].min()):.3g}): loosen rtol/atol or check the score"
+            )
         if not status[0]:
             break
         if iters == max_iters:
-            raise RuntimeError(f"sde_adaptive: max_iters = {max_iters} reached before eps")
+            raise RuntimeError(
+                f"sde_adaptive: max_iters = {max_iters} iterations without reaching eps = {eps:g}: "
+                f"{int(active.sum())} sample(s) still at t in [{float(t[active].min()):.6g}, "
+                f"{float(t[active].max()):.6g}] with step sizes down to {float(h[active].min()):.3g}; "
+                "loosen rtol/atol or raise max_iters"
+            )
         iters += 1
         h, dw = memory.draw(h, randn(x.shape, generator, x.device, x.dtype))
         t_next = torch.where(h >= t - t_end, t_end, t - h)  # land exactly on eps
@@ -159,8 +181,10 @@ def sde_adaptive(
         alpha, std = sde._alpha_std(t_end)
         nfe += 1
         x = (x + bcast(std.square(), x) * score(x, t_end)) / bcast(alpha, x)
-        if not bool(torch.isfinite(x).all()):
-            raise FloatingPointError(f"non-finite state at t = {eps:.6g} (denoising step)")
+        if not float(x.abs().amax()) <= limit:
+            raise FloatingPointError(
+                f"non-finite or implausibly large state at t = {eps:.6g} (denoising step)"
+            )
     if stats is not None:
         stats.update(nfe=nfe, iterations=iters, rejected=int(rejected))
     return x

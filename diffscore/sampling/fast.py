@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, check_positive
+from .._checks import FiniteMonitor, Generator, check_positive, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 
@@ -115,10 +115,9 @@ class _NoisePrediction:
         return torch.mul(self.score(x, t), neg_std)
 
 
-def _monitor(monitor: FiniteMonitor, x: Tensor, step: int) -> None:
-    # the sum is finite exactly when every entry is (barring overflow of the sum itself: half-precision
-    # states are summed in float32), and needs no state-sized boolean temporary
-    monitor.update(x.sum(dtype=torch.float32 if x.element_size() < 4 else None), step)
+def _monitor(monitor: FiniteMonitor, x: Tensor, step: int, scale: Tensor | None = None) -> None:
+    # one aminmax reduction (no state-sized temporary); NaN, inf and |scale x| > limit all count as bad
+    monitor.update(x, step, scale)
 
 
 @torch.no_grad()
@@ -173,7 +172,7 @@ def heun(
     last_euler = denoise or eps == 0
     neg_std, half_dsig = -std, 0.5 * dsig
     eps_hat = _NoisePrediction(score)
-    monitor = FiniteMonitor("state")
+    monitor = FiniteMonitor("state", state_limit(sde.prior_std))
 
     y = x_T / alpha[0]
     for i in range(n_steps):
@@ -184,7 +183,7 @@ def heun(
         else:
             d_next = eps_hat(alpha[i + 1] * y_euler, tb[i + 1], neg_std[i + 1])
             y = torch.addcmul(y, d.add_(d_next), half_dsig[i])  # y + (sigma_{i+1} - sigma_i) (d + d') / 2
-        _monitor(monitor, y, i + 1)
+        _monitor(monitor, y, i + 1, alpha[i + 1])
     monitor.check(t)
     if stats is not None:
         stats["nfe"] = eps_hat.nfe
@@ -323,7 +322,7 @@ def dpm_solver(
     tb, tb_mid = _batch_times(t_grid, b), t_mid.T[:, :, None].repeat(1, 1, b)
 
     eps_hat = _NoisePrediction(score)
-    monitor = FiniteMonitor("state")
+    monitor = FiniteMonitor("state", state_limit(sde.prior_std))
     x = x_T
     for i, o in enumerate(orders):
         e_s = eps_hat(x, tb[i], neg_std[i])

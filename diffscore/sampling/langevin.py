@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, check_data, check_positive, randn
+from .._checks import PLAUSIBLE_FACTOR, FiniteMonitor, Generator, check_data, check_positive, randn
 
 __all__ = ["geometric_sigmas", "langevin_dynamics", "annealed_langevin", "annealed_langevin_inpaint"]
 
@@ -79,11 +79,20 @@ def _check_sigmas(sigmas: Tensor | Sequence[float], like: Tensor) -> Tensor:
     return sigmas
 
 
+def _limit(x0: Tensor, scale: float = 1.0) -> float:
+    """The plausible bound on |x|: 1e4 times the largest of 1, the initial noise scale and max |x0|
+    (one host sync, before the loop)."""
+    return PLAUSIBLE_FACTOR * max(1.0, float(scale), float(x0.detach().abs().amax()))
+
+
 def _raise_if_bad(monitor: FiniteMonitor, where: Callable[[int], str]) -> None:
     """After the loop (one host sync): raise FloatingPointError naming where the first bad step was."""
-    if monitor.first is not None and int(monitor.first) >= 0:
-        i = int(monitor.first)
-        raise FloatingPointError(f"non-finite {monitor.name} at {where(i)}")
+    i = monitor.first_bad()
+    if i >= 0:
+        raise FloatingPointError(
+            f"non-finite or implausibly large {monitor.name} at {where(i)} (plausible: |x| <= "
+            f"{monitor.limit:.3g})"
+        )
 
 
 def langevin_dynamics(
@@ -109,12 +118,13 @@ def langevin_dynamics(
 
     Raises:
         ValueError / TypeError: bad ``x0``, ``step_size``, ``n_steps``.
-        FloatingPointError: the state went non-finite (checked once, after the loop).
+        FloatingPointError: the state went non-finite or beyond 1e4 times max(1, max |x0|) (checked
+            once, after the loop).
     """
     check_data("x0", x0, min_ndim=1)
     step_size = check_positive("step_size", step_size)
     n_steps = _check_steps("n_steps", n_steps)
-    monitor = FiniteMonitor("Langevin state")
+    monitor = FiniteMonitor("Langevin state", _limit(x0))
     x = x0
     for k in range(n_steps):
         z = randn(x.shape, generator, x.device, x.dtype)
@@ -159,14 +169,15 @@ def annealed_langevin(
     Raises:
         ValueError / TypeError: ``sigmas`` not strictly decreasing and positive, bad ``x0``,
             ``step_size`` <= 0, ``n_steps_each`` < 1.
-        FloatingPointError: the state went non-finite (checked once, after the loop, naming sigma).
+        FloatingPointError: the state went non-finite or beyond 1e4 times max(1, sigma_1, max |x0|)
+            (checked once, after the loop, naming sigma).
     """
     check_data("x0", x0, min_ndim=1)
     sigmas = _check_sigmas(sigmas, x0)
     step_size = check_positive("step_size", step_size)
     n_steps_each = _check_steps("n_steps_each", n_steps_each)
     levels = sigmas.tolist()  # host copy, made once before the loop
-    monitor = FiniteMonitor("annealed Langevin state")
+    monitor = FiniteMonitor("annealed Langevin state", _limit(x0, levels[0]))
     x, batch, k = x0, x0.shape[0], 0
     for i, sigma_i in enumerate(levels):
         alpha_i = step_size * (sigma_i / levels[-1]) ** 2
@@ -249,7 +260,7 @@ def annealed_langevin_inpaint(
         check_data("x0", x0, min_ndim=1)
         if x0.shape != x_known.shape:
             raise ValueError(f"x0 must be shaped like x_known {tuple(x_known.shape)}, got {tuple(x0.shape)}")
-    monitor = FiniteMonitor("annealed Langevin state")
+    monitor = FiniteMonitor("annealed Langevin state", _limit(x0, levels[0]))
     x, batch, k = x0, x0.shape[0], 0
     for i, sigma_i in enumerate(levels):
         alpha_i = step_size * (sigma_i / levels[-1]) ** 2

@@ -4,9 +4,10 @@ Source: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Di
 Algorithm 1 (PC sampling), Algorithms 2-3 (VE / VP PC samplers), Algorithms 4-5 (Langevin correctors),
 Appendix E (reverse diffusion), Appendix F (ancestral sampling), Appendix G (signal-to-noise ratio).
 
-The time grid ``T = t_0 > t_1 > ... > t_N = eps`` is uniform and built once. Step ``i`` runs the
-predictor from ``t_i`` to ``t_{i+1}``, then ``n_steps`` corrector steps at ``t_{i+1}`` (Algorithm 1).
-Every per-step coefficient comes from the continuous schedule and the actual grid, so ``N`` is free:
+The time grid ``T = t_0 > t_1 > ... > t_N = eps`` is built once (uniform in t by default; log-SNR
+uniform or Karras with ``grid=``, :mod:`diffscore.sampling.grids`). Step ``i`` runs the predictor from
+``t_i`` to ``t_{i+1}``, then ``n_steps`` corrector steps at ``t_{i+1}`` (Algorithm 1). Every per-step
+coefficient comes from the continuous schedule and the actual grid, so ``N`` and the grid are free:
 
 * the exact forward kernel ``x_{t_i} = a_i x_{t_{i+1}} + q_i z`` (``sde.transition``) gives the
   reverse-diffusion and ancestral predictors (for VE ``a_i = 1``, ``q_i^2 = sigma_i^2 - sigma_{i-1}^2``;
@@ -14,9 +15,10 @@ Every per-step coefficient comes from the continuous schedule and the actual gri
 * the corrector's ``alpha`` of Algorithm 5 (``1 - beta_i`` for DDPM) is ``(alpha(t) / alpha(t - h))^2``
   for the corrector time t and the grid step h; it is 1 for VE and defined for sub-VP as well.
 
-The Langevin corrector computes its step from each sample's own score norm and the expected noise norm
-(the reference implementation averages both norms over the batch, which makes each sample depend on
-its batch-mates); see :func:`langevin_corrector` and docs/samplers.md for the O(1/D) cost of that.
+The default Langevin corrector takes the step ``2 alpha (snr std(t))^2``: Algorithms 4-5's
+signal-to-noise rule ``2 alpha (snr ||z|| / ||s||)^2`` with both norms at their reference values
+``E||z||^2 = D`` and ``||s||^2 = D / std(t)^2``. Its step depends on neither the state nor the batch,
+which makes it correct in every dimension (docs/samplers.md derives it and measures the alternatives).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, bcast, check_positive, randn
+from .._checks import FiniteMonitor, Generator, bcast, check_positive, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
+from .grids import check_grid, time_grid
 
 __all__ = ["pc_sample", "PREDICTORS", "CORRECTORS", "PCSchedule"]
 
@@ -62,9 +65,16 @@ class PCSchedule:
     corrector_alpha: Tensor
 
     @classmethod
-    def build(cls, sde: SDE, eps: float, num_steps: int, like: Tensor) -> PCSchedule:
-        times = [sde.T - (sde.T - eps) * k / num_steps for k in range(num_steps)] + [eps]
-        t = torch.tensor(times, dtype=like.dtype, device=like.device)
+    def build(
+        cls, sde: SDE, eps: float, num_steps: int, like: Tensor, grid: str = "time_uniform"
+    ) -> PCSchedule:
+        if grid == "time_uniform":  # the historical grid, computed on the host in float64
+            times = [sde.T - (sde.T - eps) * k / num_steps for k in range(num_steps)] + [eps]
+            t = torch.tensor(times, dtype=like.dtype, device=like.device)
+        else:
+            t64 = time_grid(sde, eps, num_steps, grid, torch.zeros((), dtype=torch.float64))
+            times = t64.tolist()
+            t = t64.to(dtype=like.dtype, device=like.device)
         alpha, std = sde._alpha_std(t)
         h = t[:-1] - t[1:]
         a, q = sde.transition(t[1:], t[:-1])
@@ -131,31 +141,47 @@ def _mean_chi(d: int) -> float:
 def langevin_corrector(
     x: Tensor, score: ScoreFn, sch: PCSchedule, k: int, snr: float, generator: Generator
 ) -> Tensor:
-    """Langevin corrector with the signal-to-noise step rule (Song et al. 2021, Algorithms 4-5):
-    ``step = 2 alpha (snr ||z|| / ||s||)^2``, ``x <- x + step s + sqrt(2 step) z``.
+    """Langevin corrector (Song et al. 2021, Algorithms 4-5) with the step ``2 alpha (snr std(t))^2``:
+    ``x <- x + step s + sqrt(2 step) z``.
 
-    ``||s||`` is each sample's own score norm, so no sample depends on its batch-mates. ``||z||`` is
-    its expectation ``E||z||`` over the noise (the limit of the reference's batch average): with the
-    norm of the very noise that enters the step, the noise term ``||z|| z`` has variance ``(D + 2) / D``
-    times that of the drift's ``||z||^2``, which heats the chain by that factor (it flattens mixture
-    weights towards uniform by about 0.015 at D = 16).
+    Algorithms 4-5 choose ``step = 2 alpha (r ||z|| / ||s||)^2`` so that the drift ``step s`` and the noise
+    ``sqrt(2 step) z`` have the norm ratio r (the snr). Here both norms take their reference values:
+    ``||z||^2 -> E||z||^2 = D`` and ``||s||^2 -> D / std(t)^2``, which is ``E||s||^2`` for data at a point
+    and an upper bound of it for any data (``s = -E[z | x_t] / std``, so ``E||s||^2 <= E||z||^2 /
+    std^2``). The step ``2 alpha snr^2 std^2`` then depends on neither the state nor the batch:
+
+    * no state dependence: a step ``h(x)`` changes the chain's stationary law from p to ``p / h`` (the
+      per-sample rule ``h ~ 1/||s(x)||^2`` turns p into ``p ||s||^2``, which for D <= 2 is not even
+      normalisable near a mode: the reference rule diverges there);
+    * the largest curvature of ``-log p_t`` is at most ``1 / std(t)^2`` for every data distribution
+      (``-Hess log p_t = (I - Cov[z | x_t]) / std^2``), so ``step x curvature <= 2 snr^2`` (0.05 at snr
+      0.16): the unadjusted-Langevin bias of the variance is at most ``snr^2 / (1 - snr^2)`` (2.6%) in
+      the stiffest directions and smaller elsewhere, in any dimension;
+    * the chain converges as the grid is refined (more steps only add more correct Langevin steps).
+
+    It is NCSN's annealed rule ``alpha_i = eps sigma_i^2 / sigma_L^2`` (Song & Ermon 2019, Alg. 1) in
+    continuous time, with ``eps / sigma_L^2 = 4 alpha snr^2``.
+    """
+    s = score(x, sch.time(k, x))
+    z = randn(x.shape, generator, x.device, x.dtype)
+    step = 2 * sch.corrector_alpha[k] * snr**2 * sch.var[k]
+    return torch.addcmul(x, s, step).add_(z.mul_((2 * step).sqrt()))
+
+
+def langevin_score_norm_corrector(
+    x: Tensor, score: ScoreFn, sch: PCSchedule, k: int, snr: float, generator: Generator
+) -> Tensor:
+    """The per-sample signal-to-noise step of Algorithms 4-5 (diffscore's default before issue 10):
+    ``step = 2 alpha (snr E||z|| / ||s||)^2`` with each sample's own score norm ``||s||``.
+
+    Kept for comparison only: a step that depends on the state through ``||s(x)||`` samples from
+    ``p ||s||^2`` instead of p, which is wrong by O(1/D) in high dimension (variance x1.07 at D = 64)
+    and diverges for D <= 2 (measured in docs/samplers.md). Use ``"langevin"``.
     """
     s = score(x, sch.time(k, x))
     z = randn(x.shape, generator, x.device, x.dtype)
     noise_norm = _mean_chi(x[0].numel())
     step = bcast(2 * sch.corrector_alpha[k] * (snr * noise_norm / _norms(s)).square(), x)
-    return x + step * s + (2 * step).sqrt() * z
-
-
-def annealed_langevin_corrector(
-    x: Tensor, score: ScoreFn, sch: PCSchedule, k: int, snr: float, generator: Generator
-) -> Tensor:
-    """NCSN's step rule ``alpha_i = eps sigma_i^2 / sigma_L^2`` (Song & Ermon 2019, Alg. 1) in continuous
-    time: the step is proportional to the noise variance, ``step = 2 alpha (snr std(t))^2``, and
-    ``x <- x + step s + sqrt(2 step) z``. In NCSN's terms ``eps / sigma_L^2 = 4 alpha snr^2``."""
-    s = score(x, sch.time(k, x))
-    z = randn(x.shape, generator, x.device, x.dtype)
-    step = 2 * sch.corrector_alpha[k] * snr**2 * sch.var[k]
     return x + step * s + (2 * step).sqrt() * z
 
 
@@ -170,9 +196,12 @@ PREDICTORS: dict[str, Predictor | None] = {
     "none": None,
 }
 #: corrector name -> function (None: no corrector step).
+#: "annealed_langevin" is the same step rule as "langevin" (NCSN's annealed step, see
+#: :func:`langevin_corrector`), kept as a name.
 CORRECTORS: dict[str, Corrector | None] = {
     "langevin": langevin_corrector,
-    "annealed_langevin": annealed_langevin_corrector,
+    "annealed_langevin": langevin_corrector,
+    "langevin_score_norm": langevin_score_norm_corrector,
     "none": None,
 }
 
@@ -202,6 +231,7 @@ def pc_sample(
     n_steps: int = 1,
     num_steps: int = 1000,
     denoise: bool = True,
+    grid: str = "time_uniform",
     constraint: Callable[[Tensor, Tensor], Tensor] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
@@ -214,14 +244,18 @@ def pc_sample(
         eps: the last time t_N, in [0, T).
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
         predictor: a key of ``PREDICTORS``: "euler_maruyama", "reverse_diffusion", "ancestral", "none".
-        corrector: a key of ``CORRECTORS``: "langevin", "annealed_langevin", "none".
+        corrector: a key of ``CORRECTORS``: "langevin" (step ``2 alpha (snr std(t))^2``, see
+            :func:`langevin_corrector`), "annealed_langevin" (the same rule), "langevin_score_norm" (the
+            per-sample rule, biased in low dimension; for comparison), "none".
         snr: the corrector's signal-to-noise ratio r > 0 (paper: 0.16 for VE on CIFAR-10).
         n_steps: M >= 0 corrector steps per time step.
-        num_steps: N >= 1 time steps on the uniform grid.
+        num_steps: N >= 1 time steps.
         denoise: finish with Tweedie's formula ``x_0 = (x + std(eps)^2 s(x, eps)) / alpha(eps)``, the
             posterior mean E[x_0 | x_eps] (one more NFE; skipped when eps = 0, where it is the identity).
+        grid: the time grid, one of :data:`~diffscore.sampling.grids.GRIDS`: "time_uniform" (the paper's),
+            "logsnr", "karras", "time_quadratic".
         constraint: optional ``constraint(x, t) -> x`` applied after every predictor and corrector update
-            (used by inpainting to replace known entries), t the current (B,) time.
+            (used by inpainting to set known entries), t the current (B,) time.
         stats: optional dict that receives ``nfe`` (score evaluations: N + N M + denoise for the
             score-based predictors).
 
@@ -229,9 +263,10 @@ def pc_sample(
         Samples shaped like ``x_T``.
 
     Raises:
-        ValueError / TypeError: unknown ``predictor`` or ``corrector``, ``snr`` <= 0, ``num_steps`` < 1,
-            ``n_steps`` < 0.
-        FloatingPointError: the state went non-finite; raised after the loop, naming the time.
+        ValueError / TypeError: unknown ``predictor``, ``corrector`` or ``grid``, ``snr`` <= 0,
+            ``num_steps`` < 1, ``n_steps`` < 0.
+        FloatingPointError: the state went non-finite or beyond ``1e4`` prior stds (raised after the
+            loop, naming the time of the first bad step).
     """
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {predictor!r}")
@@ -244,10 +279,11 @@ def pc_sample(
         raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
     if not callable(score):
         raise TypeError("score must be callable: score(x, t) -> like x")
+    check_grid(grid, sde, eps)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
     score = _Counted(score)
-    sch = PCSchedule.build(sde, eps, num_steps, x_T)
-    monitor = FiniteMonitor("PC sampler state")
+    sch = PCSchedule.build(sde, eps, num_steps, x_T, grid)
+    monitor = FiniteMonitor("PC sampler state", state_limit(sde.prior_std))
     x = x_T
     for i in range(num_steps):
         if predict is not None:

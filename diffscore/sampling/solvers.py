@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 import torch
-import torchdiffeq
 import torchsde
 from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's method table
@@ -15,11 +14,12 @@ from torchsde.types import Scalar
 
 from .._checks import Generator, check_positive, generators, seed_from
 from ..dynamics import ProbabilityFlowODE, ReverseSDE
-from ..likelihood import _ode_kwargs, per_sample_norm
+from ..likelihood import _ode_kwargs, _odeint, per_sample_norm
 from ..score import ScoreFn
 from ..sde import SDE
+from .grids import check_grid, grid_time
 
-__all__ = ["sample_ode", "sample_sde", "brownian_motion", "SDE_METHODS"]
+__all__ = ["sample_ode", "sample_sde", "brownian_motion", "SDE_METHODS", "GridReverseSDE"]
 
 #: torchsde methods usable here, with the SDE form each one needs. g depends on t only, so the Ito and
 #: Stratonovich forms of the reverse SDE are the same equation.
@@ -154,6 +154,33 @@ def brownian_motion(
     return BrownianInterval(size=tuple(y0.shape), entropy=seed_from(gens), **kw)
 
 
+class GridReverseSDE(ReverseSDE):
+    """The reverse-time SDE in the grid variable ``u in [0, 1]`` of :func:`~.grids.grid_time`.
+
+    With ``t = t(u)`` decreasing and ``t'(u) = dt/du < 0``, the reverse SDE ``dx = [f x - g^2 s] dt +
+    g dw_bar`` becomes ``dx = [g^2 s - f x] |t'(u)| du + g sqrt(|t'(u)|) dW_u``: fixed steps in u walk
+    the chosen grid in t (log-SNR uniform, Karras, ...), and the score still sees the true time.
+    """
+
+    def __init__(self, sde: SDE, score: ScoreFn, shape, eps: float, grid: str, sde_type: str = "ito") -> None:
+        super().__init__(sde, score, shape, sde_type)
+        self.eps, self.grid = float(eps), grid
+
+    def _time(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        t, dt_du = grid_time(self.sde, self.eps, self.grid, u.to(y).reshape(1))
+        return t.expand(y.shape[0]), dt_du.abs().expand(y.shape[0])
+
+    def f(self, u: Tensor, y: Tensor) -> Tensor:
+        t, speed = self._time(u, y)
+        x = y.view((y.shape[0],) + self.shape)
+        s = self._score(x, t).reshape(y.shape)
+        return (self.sde._g2(t)[:, None] * s - self.sde._f(t)[:, None] * y) * speed[:, None]
+
+    def g(self, u: Tensor, y: Tensor) -> Tensor:
+        t, speed = self._time(u, y)
+        return (self.sde._g2(t) * speed).sqrt()[:, None].expand_as(y)
+
+
 @torch.no_grad()
 def sample_sde(
     sde: SDE,
@@ -166,6 +193,7 @@ def sample_sde(
     adaptive: bool = False,
     rtol: float = 1e-3,
     atol: float = 1e-3,
+    grid: str = "time_uniform",
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
@@ -175,8 +203,15 @@ def sample_sde(
         solver: a torchsde method (``SDE_METHODS``); Stratonovich-only methods get the Stratonovich form.
         num_steps: fixed steps of size (T - eps) / num_steps (the initial step when ``adaptive``).
         adaptive: torchsde's error-controlled stepping (step doubling) with ``rtol`` / ``atol``.
+        grid: "time_uniform" (default) or another of :data:`~diffscore.sampling.grids.GRIDS`: the
+            solver then takes ``num_steps`` uniform steps in the grid variable u (:class:`GridReverseSDE`),
+            i.e. steps uniform in log-SNR, on the Karras grid, ...
 
     Returns the state at eps, shaped like ``x_T``. ``stats["nfe"]`` gets the score evaluations.
+
+    Raises:
+        ValueError / TypeError: an unknown ``solver`` or ``grid``, bad ``num_steps`` or tolerances.
+        FloatingPointError: a non-finite or implausibly large state or score (names the time).
     """
     if solver not in SDE_METHODS:
         raise ValueError(f"solver must be one of {sorted(SDE_METHODS)} for method='sde', got {solver!r}")
@@ -184,12 +219,18 @@ def sample_sde(
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     check_positive("rtol", rtol)
     check_positive("atol", atol)
+    check_grid(grid, sde, eps)
     shape = tuple(x_T.shape[1:])
-    rsde = ReverseSDE(sde, score, shape, sde_type=SDE_METHODS[solver])
     y0 = x_T.reshape(x_T.shape[0], -1)
-    ts = ReverseSDE.solver_times([sde.T, eps]).to(y0)
+    if grid == "time_uniform":
+        rsde = ReverseSDE(sde, score, shape, sde_type=SDE_METHODS[solver])
+        ts = ReverseSDE.solver_times([sde.T, eps]).to(y0)
+        dt = (sde.T - eps) / num_steps
+    else:
+        rsde = GridReverseSDE(sde, score, shape, eps, grid, sde_type=SDE_METHODS[solver])
+        ts = torch.tensor([0.0, 1.0], dtype=torch.float64).to(y0)
+        dt = 1.0 / num_steps
     levy = "space-time" if solver == "srk" else "none"
-    dt = (sde.T - eps) / num_steps
     stepwise = solver in STEPWISE_METHODS and not adaptive
     bm = brownian_motion(float(ts[0]), float(ts[1]), y0, generator, levy, dt=dt, stepwise=stepwise)
     ys = torchsde.sdeint(
@@ -218,6 +259,11 @@ def sample_ode(
     ``solver`` is a torchdiffeq method. Deterministic given x_T (``generator`` only draws x_T in
     :func:`~diffscore.sample`). Adaptive methods use a per-sample error norm, so each sample meets the
     tolerance on its own.
+
+    Raises:
+        ValueError / TypeError: an unknown ``solver``, bad tolerances.
+        FloatingPointError: a non-finite or implausibly large state or score (names the time);
+            :class:`~diffscore._checks.StepSizeUnderflowError` when the adaptive step size underflows.
     """
     del generator
     if solver not in ODE_SOLVERS:
@@ -225,7 +271,7 @@ def sample_ode(
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
     ts = torch.tensor([sde.T, eps], dtype=x_T.dtype, device=x_T.device)
     kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]), ts[-1])
-    x = torchdiffeq.odeint(flow, x_T, ts, **kw)[-1]
+    x = _odeint(flow, x_T, ts, flow, **kw)[-1]
     if stats is not None:
         stats["nfe"] = flow.nfe
     return x
