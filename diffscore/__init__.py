@@ -28,6 +28,7 @@ _NAMES = {
     ),
     "sampling": ("sample", "annealed_langevin"),
     "controllable": ("inpaint", "colorize", "conditional_score"),
+    "_checks": ("StepSizeUnderflowError",),
 }
 _HOME = {name: module for module, names in _NAMES.items() for name in names}
 #: Subpackages and modules reachable as attributes.
@@ -72,6 +73,7 @@ __all__ = [
     "inpaint",
     "colorize",
     "conditional_score",
+    "StepSizeUnderflowError",
     "oracles",
     "losses",
     "nets",
@@ -117,6 +119,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         sampling,
         training,
     )
+    from ._checks import StepSizeUnderflowError
     from .controllable import colorize, conditional_score, inpaint
     from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
     from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood

@@ -39,13 +39,18 @@ _METHODS = {"pc": ("reverse_diffusion", "langevin"), "sde": ("reverse_diffusion"
 
 def _pc_options(args: argparse.Namespace) -> dict[str, Any]:
     predictor, corrector = _METHODS[args.method]
-    return dict(
+    options = dict(
         predictor=args.predictor or predictor,
         corrector=args.corrector or corrector,
         snr=args.snr,
         n_steps=args.corrector_steps,
         num_steps=args.steps,
     )
+    if args.grid is not None:
+        options["grid"] = args.grid
+    if getattr(args, "known_noise", None) is not None:
+        options["known_noise"] = args.known_noise
+    return options
 
 
 def _train_config(metadata: dict[str, Any]) -> TrainConfig:
@@ -233,7 +238,10 @@ def _sampler_args(p: argparse.ArgumentParser, steps: int) -> None:
     )
     p.add_argument("--steps", type=positive_int, default=steps, help=f"predictor steps N (default {steps})")
     p.add_argument("--predictor", default=None, help="reverse_diffusion, euler_maruyama, ancestral, none")
-    p.add_argument("--corrector", default=None, help="langevin, annealed_langevin, none")
+    p.add_argument("--corrector", default=None, help="langevin, annealed_langevin, langevin_score_norm, none")
+    p.add_argument(
+        "--grid", default=None, help="time grid: time_uniform (default), logsnr, karras, time_quadratic"
+    )
     p.add_argument("--snr", type=float, default=0.16, help="corrector signal-to-noise ratio (default 0.16)")
     p.add_argument(
         "--corrector-steps", type=positive_int, default=1, help="corrector steps M per step (default 1)"
@@ -241,6 +249,16 @@ def _sampler_args(p: argparse.ArgumentParser, steps: int) -> None:
     p.add_argument("--out", required=True, help="PNG grid")
     p.add_argument(
         "--tensors", default=None, help=".safetensors for the raw tensors (default: next to --out)"
+    )
+
+
+def _known_noise_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--known-noise",
+        default=None,
+        choices=("predicted", "fresh"),
+        help="the noise on the known part: the model's own prediction (default; exact for Gaussian data) "
+        "or fresh draws (the paper's)",
     )
 
 
@@ -258,6 +276,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--split", default="test", choices=("train", "validation", "test"))
     p.add_argument("--num", type=positive_int, default=16, help="images of --split (without --input)")
     _sampler_args(p, 500)
+    _known_noise_arg(p)
     _common(p)
     p.set_defaults(func=run_inpaint)
 
@@ -265,6 +284,7 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--input", required=True, help=".safetensors / .pt gray images (B, 1, H, W)")
     p.add_argument("--weights", default="0.3333333333,0.3333333333,0.3333333333", help="gray = weights . rgb")
     _sampler_args(p, 500)
+    _known_noise_arg(p)
     _common(p)
     p.set_defaults(func=run_colorize)
 

@@ -35,9 +35,11 @@ def sample_options(args: argparse.Namespace) -> dict[str, Any]:
     for flag, key in (("steps", "num_steps"), ("rtol", "rtol"), ("atol", "atol"), ("eps", "eps")):
         if getattr(args, flag) is not None:
             options[key] = getattr(args, flag)
-    for key in ("predictor", "corrector", "snr"):  # predictor-corrector options (method pc)
+    for key in ("predictor", "corrector", "snr", "order", "grid", "variant"):  # only when given
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
+    if args.no_unipc_corrector:
+        options["use_corrector"] = False
     if args.corrector_steps is not None:
         options["n_steps"] = args.corrector_steps
     for item in args.option or []:
@@ -130,9 +132,27 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="num_steps of fixed-step methods")
     p.add_argument("--rtol", type=float, default=None, help="ode / adaptive tolerance")
     p.add_argument("--atol", type=float, default=None)
-    p.add_argument("--eps", type=float, default=None, help="end time (default 1e-3 VP, 1e-5 VE)")
+    p.add_argument(
+        "--eps",
+        type=float,
+        default=None,
+        help="end time (default 1e-3 VP / sub-VP; VE: where std = sigma_min, docs/sdes.md)",
+    )
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="time grid: logsnr, karras, time_quadratic, time_uniform (docs/samplers.md)",
+    )
+    p.add_argument("--order", type=positive_int, default=None, help="dpmpp, unipc: solver order 1-3")
+    p.add_argument("--variant", default=None, choices=("bh1", "bh2"), help="unipc: B(h) variant")
+    p.add_argument("--no-unipc-corrector", action="store_true", help="unipc: predictor only (UniP)")
     p.add_argument("--predictor", default=None, help="pc: euler_maruyama, reverse_diffusion, ancestral, none")
-    p.add_argument("--corrector", default=None, help="pc: langevin, annealed_langevin, none")
+    p.add_argument(
+        "--corrector",
+        default=None,
+        help="pc: langevin (step 2 alpha (snr std)^2), annealed_langevin (the same), langevin_score_norm "
+        "(the paper's per-sample norms), none",
+    )
     p.add_argument("--snr", type=float, default=None, help="pc: corrector signal-to-noise ratio")
     p.add_argument(
         "--corrector-steps", type=positive_int, default=None, help="pc: corrector steps per noise level"
@@ -149,7 +169,11 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("sample", help="draw samples: a PNG grid and the raw tensors")
     add_model_arg(p)
     p.add_argument("--num", type=positive_int, default=64, help="number of samples")
-    p.add_argument("--method", default="ode", help="ode, sde, pc, heun, dpm_solver, sde_adaptive")
+    p.add_argument(
+        "--method",
+        default="ode",
+        help="ode, sde, pc, heun, dpm_solver, dpmpp, unipc, sde_dpmpp_2m, sde_adaptive (docs/samplers.md)",
+    )
     add_sampler_args(p)
     p.add_argument("--nrow", type=positive_int, default=None)
     p.add_argument("--out", default="samples.png", help="PNG grid (default samples.png)")
