@@ -302,6 +302,7 @@ TINY = {
     "test_limit": 8,
     "eval_batch_size": 4,
     "num_samples": 4,
+    "quality_samples": 0,  # the sample-quality report runs on the main process only: tests/test_cli.py
     "sample_method": "sde",
     "sample_options": '{"num_steps": 10}',
 }
