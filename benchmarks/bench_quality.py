@@ -18,9 +18,10 @@ FID is biased upwards at small N.
 Tables:
 
 * ``digits_fid_samplers``: every sampler at its usual settings: the probability flow (dopri5 at two
-  tolerances), heun, dpm_solver, the reverse SDE with torchsde's Euler, sde_adaptive, and PC with
+  tolerances), heun, dpm_solver, dpmpp, unipc, sde_dpmpp_2m, the reverse SDE with torchsde's Euler,
+  sde_adaptive, PC stopped at eps 0.1 (the main job's default: the speckle study), and PC with
   each predictor (euler_maruyama, reverse_diffusion, ancestral) x corrector (langevin,
-  annealed_langevin, none) at 500 grid steps and one corrector step each.
+  langevin_score_norm, none) at 500 grid steps and one corrector step each.
 * ``digits_fid_equal_nfe`` (Song et al. 2021, Table 1 question): at equal NFE (each ``--budget``,
   default 1000), predictor-only on ``budget`` steps (P), corrector-only on ``budget`` steps (C, predictor
   "none", Langevin corrector) and PC on ``budget / 2`` steps with one corrector step each.
@@ -50,7 +51,7 @@ from diffscore.data import load_digits, quantize  # noqa: E402
 from diffscore.evaluation import digits_evaluator, gaussian_fit_samples  # noqa: E402
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral")
-CORRECTORS = ("langevin", "annealed_langevin", "none")
+CORRECTORS = ("langevin", "langevin_score_norm", "none")  # (annealed_langevin is langevin now)
 
 
 def sampler_rows(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -61,15 +62,28 @@ def sampler_rows(quick: bool) -> list[tuple[str, str, dict[str, Any]]]:
         ("heun", "18 levels (denoise)", dict(num_steps=18)),
         ("dpm_solver", "order 3, 10 steps", dict(num_steps=10)),
         ("dpm_solver", "order 3, 10 steps, denoise", dict(num_steps=10, denoise=True)),
+        ("dpmpp", "order 3, 20 steps, logsnr", dict(num_steps=20, order=3)),
+        (
+            "unipc",
+            "order 3 bh2, 20 steps, time_quadratic",
+            dict(num_steps=20, order=3, grid="time_quadratic"),
+        ),
+        ("sde_dpmpp_2m", "100 steps, logsnr", dict(num_steps=100)),
         ("sde", "euler, 1000 steps", dict(num_steps=1000)),
         ("sde_adaptive", "rtol 0.01 atol 0.0078", {}),
+        ("pc", "reverse_diffusion + langevin, 500 steps, eps 0.1", dict(num_steps=500, eps=0.1)),
+        (
+            "pc",
+            "reverse_diffusion + langevin, 500 steps, eps 0.1, logsnr",
+            dict(num_steps=500, eps=0.1, grid="logsnr"),
+        ),
     ]
     if quick:
         rows = rows[:1] + rows[2:4]
     steps = 100 if quick else 500
     for p in PREDICTORS:
         for c in CORRECTORS:
-            if quick and (p == "euler_maruyama" or c == "annealed_langevin"):
+            if quick and (p == "euler_maruyama" or c == "langevin_score_norm"):
                 continue
             rows.append(("pc", f"{p} + {c}, {steps} steps", dict(predictor=p, corrector=c, num_steps=steps)))
     return rows
