@@ -35,6 +35,16 @@ def state_limit(prior_std: float) -> float:
     return PLAUSIBLE_FACTOR * float(prior_std)
 
 
+def check_int(name: str, value: int, low: int) -> int:
+    """Return ``value``, or raise TypeError (not an int; a bool is refused) or ValueError (below ``low``),
+    naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return value
+
+
 def check_positive(name: str, value: float) -> float:
     """Return ``float(value)`` or raise ValueError/TypeError naming ``name`` unless it is finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = [
     "DistInfo",
     "env_info",
@@ -256,14 +258,6 @@ def barrier() -> None:
 
 
 # ---- sharding -----------------------------------------------------------------------------------------
-def _check_count(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
 def shard_batches(
     n: int, batch_size: int, rank: int | None = None, world_size: int | None = None
 ) -> list[range]:
@@ -292,10 +286,10 @@ def shard_batches(
     here = current()
     rank = here.rank if rank is None else rank
     world_size = here.world_size if world_size is None else world_size
-    _check_count("n", n, 0)
-    _check_count("batch_size", batch_size, 1)
-    _check_count("world_size", world_size, 1)
-    _check_count("rank", rank, 0)
+    check_int("n", n, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("world_size", world_size, 1)
+    check_int("rank", rank, 0)
     if rank >= world_size:
         raise ValueError(f"rank must lie in [0, world_size) = [0, {world_size}), got {rank}")
     num_batches = -(-n // batch_size)
@@ -382,7 +376,7 @@ def map_sharded(fn: Callable[[range], Tensor], n: int, batch_size: int) -> Tenso
         ValueError: ``fn`` returns a number of rows other than ``len(indices)``; ``n < 1``; and the
             errors of :func:`shard_batches` and :func:`all_gather_rows`.
     """
-    _check_count("n", n, 1)
+    check_int("n", n, 1)
     outs = []
     for indices in shard_batches(n, batch_size):
         out = fn(indices)

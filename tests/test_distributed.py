@@ -434,9 +434,9 @@ def test_killed_run_resumes_on_another_number_of_processes(tmp_path):
     run = tmp_path / "run"
     fields = {"steps": 120, "checkpoint_every": 1, "keep_checkpoints": 3, "eval_every": 1000}
     args = ["train", "--out", str(run), "--no-progress"] + sets(**fields)
-    proc = subprocess.Popen(
-        command(args, 2), env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "torchrun.log"  # what the job printed, shown if it ends before the kill
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command(args, 2), env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -456,7 +456,8 @@ def test_killed_run_resumes_on_another_number_of_processes(tmp_path):
         deadline = time.monotonic() + 30
         while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert len(tree) >= 3 and not any(alive(pid) for pid in tree)
+    assert len(tree) >= 3, f"the job ended before the kill:\n{log.read_text()[-3000:]}"
+    assert not any(alive(pid) for pid in tree)
     assert not (run / "results.json").exists(), "the run finished before it was killed"
     # every complete checkpoint the killed run left loads; partial ones can only be hidden temporaries
     left = list_checkpoints(run / "checkpoints")

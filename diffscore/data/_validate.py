@@ -10,14 +10,6 @@ from torch import Tensor
 DataRange = tuple[float, float]
 
 
-def check_count(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
-
-
 def float_dtype(dtype: torch.dtype | None) -> torch.dtype:
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:

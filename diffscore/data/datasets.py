@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._validate import check_count
+from .._checks import check_int
 from .images import ImageData, load_image_folder
 
 __all__ = [
@@ -89,8 +89,8 @@ def load_digits(
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    n_test = check_count("n_test", n_test, 0)
-    n_validation = check_count("n_validation", n_validation, 0)
+    n_test = check_int("n_test", n_test, 0)
+    n_validation = check_int("n_validation", n_validation, 0)
 
     bunch = _sklearn_digits()
     images = torch.from_numpy(np.rint(bunch.images)).to(torch.uint8).unsqueeze(1)

@@ -20,8 +20,9 @@ from PIL import Image, ImageOps, PngImagePlugin
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from .._checks import check_int
 from ..io import atomic_write, check_output
-from ._validate import DataRange, check_bins, check_count, check_float, check_num_bins, check_range
+from ._validate import DataRange, check_bins, check_float, check_num_bins, check_range
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageData", "load_image_folder", "save_image_grid"]
 
@@ -226,7 +227,7 @@ def load_image_folder(
             each); bad ``image_size``, ``channels`` or ``resample``.
     """
     root = Path(root).expanduser()
-    check_count("image_size", image_size, 1)
+    check_int("image_size", image_size, 1)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     resample_filter = _resample_filter(resample)
@@ -331,9 +332,9 @@ def save_image_grid(
         raise ValueError(f"x must be shaped (B, C, H, W) or (C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
     path = check_output(path, (".png",), "path")
     b, c, h, w = x.shape
-    nrow = math.ceil(math.sqrt(b)) if nrow is None else check_count("nrow", nrow, 1)
-    scale = math.ceil(64 / max(h, w)) if scale is None else check_count("scale", scale, 1)
-    padding = check_count("padding", padding, 0)
+    nrow = math.ceil(math.sqrt(b)) if nrow is None else check_int("nrow", nrow, 1)
+    scale = math.ceil(64 / max(h, w)) if scale is None else check_int("scale", scale, 1)
+    padding = check_int("padding", padding, 0)
     if isinstance(pad_value, bool) or not isinstance(pad_value, int) or not 0 <= pad_value <= 255:
         raise ValueError(f"pad_value must be an int in 0..255, got {pad_value!r}")
 

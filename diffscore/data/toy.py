@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import Generator, rand, randn
-from ._validate import check_count, float_dtype
+from .._checks import Generator, check_int, rand, randn
+from ._validate import float_dtype
 
 __all__ = ["two_moons", "eight_gaussians", "checkerboard"]
 
@@ -47,7 +47,7 @@ def two_moons(
     Raises:
         TypeError / ValueError: ``n`` not a positive int, ``noise`` negative, bad ``generator``.
     """
-    check_count("n", n, 1)
+    check_int("n", n, 1)
     noise = _check_nonnegative("noise", noise)
     dtype = float_dtype(dtype)
     u = rand((n, 2), generator, device=device, dtype=dtype)
@@ -85,7 +85,7 @@ def eight_gaussians(
     Raises:
         TypeError / ValueError: ``n`` not a positive int, ``radius`` <= 0, ``std`` < 0, bad ``generator``.
     """
-    check_count("n", n, 1)
+    check_int("n", n, 1)
     radius = _check_nonnegative("radius", radius)
     if radius == 0.0:
         raise ValueError("radius must be > 0, got 0.0")
@@ -126,8 +126,8 @@ def checkerboard(
         TypeError / ValueError: ``n`` or ``squares`` not a positive int, ``width`` <= 0, bad
         ``generator``.
     """
-    check_count("n", n, 1)
-    check_count("squares", squares, 1)
+    check_int("n", n, 1)
+    check_int("squares", squares, 1)
     width = _check_nonnegative("width", width)
     if width == 0.0:
         raise ValueError("width must be > 0, got 0.0")

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_int
 from ..io import check_output, read_tensors, write_tensors
 
 __all__ = [
@@ -68,14 +69,6 @@ def _features(name: str, x: Tensor, min_rows: int = 2) -> Tensor:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or inf")
     return x
-
-
-def _count(name: str, value: int, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
 
 
 # ---- Gaussian statistics of features ------------------------------------------------------------------
@@ -411,9 +404,9 @@ def kid(
     x, y = _stored_features("a", a, 3), _stored_features("b", b, 3)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature dimensions differ: {x.shape[1]} and {y.shape[1]}")
-    _count("num_subsets", num_subsets, 1)
-    m = min(_count("subset_size", subset_size, 2), x.shape[0], y.shape[0])
-    _count("degree", degree, 1)
+    check_int("num_subsets", num_subsets, 1)
+    m = min(check_int("subset_size", subset_size, 2), x.shape[0], y.shape[0])
+    check_int("degree", degree, 1)
     values = torch.empty(num_subsets, dtype=F64)
     for s in range(num_subsets):
         xs = x[torch.randperm(x.shape[0], generator=generator)[:m]]
@@ -479,7 +472,7 @@ def inception_score(
             raise ValueError("probs must be non-negative with rows summing to 1")
         logp = torch.log(p)  # log 0 = -inf: handled by the xlogy-style product below
     n = logp.shape[0]
-    _count("num_splits", num_splits, 1)
+    check_int("num_splits", num_splits, 1)
     if num_splits > n:
         raise ValueError(f"num_splits must be <= the number of samples {n}, got {num_splits}")
     p = logp.exp()
@@ -515,7 +508,7 @@ def extract_features(
     Raises:
         ValueError: an extractor output that is not (B, F) with B the batch size, or NaN/inf features.
     """
-    _count("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     if device is None:
         params = list(extractor.parameters()) if isinstance(extractor, nn.Module) else []
         device = params[0].device if params else torch.device("cpu")

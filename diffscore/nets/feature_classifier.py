@@ -14,15 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import check_int
+
 __all__ = ["FeatureClassifier"]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 class FeatureClassifier(nn.Module):
@@ -60,7 +54,7 @@ class FeatureClassifier(nn.Module):
             ("width", width),
             ("feature_dim", feature_dim),
         ):
-            _positive_int(name, value)
+            check_int(name, value, 1)
         if image_size % 4:
             raise ValueError(f"image_size must be divisible by 4, got {image_size}")
         if num_classes < 2:

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import Generator, StepSizeUnderflowError, bcast, check_positive, randn, state_limit
+from .._checks import Generator, StepSizeUnderflowError, bcast, check_int, check_positive, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .fast import _check_int, _check_sde_state
+from .fast import _check_sde_state
 
 __all__ = ["sde_adaptive"]
 
@@ -108,8 +108,8 @@ def sde_adaptive(
     exponent = check_positive("exponent", exponent)
     if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm >= 1:
         raise ValueError(f"norm must be a real number >= 1 (or math.inf), got {norm!r}")
-    max_iters = _check_int("max_iters", max_iters, 1)
-    brownian_memory = _check_int("brownian_memory", brownian_memory, 0)
+    max_iters = check_int("max_iters", max_iters, 1)
+    brownian_memory = check_int("brownian_memory", brownian_memory, 0)
     if brownian_memory == 1:
         raise ValueError("brownian_memory must be 0 (no memory) or >= 2")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < sde.T:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, check_positive, state_limit
+from .._checks import FiniteMonitor, Generator, check_int, check_positive, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 
@@ -39,14 +39,6 @@ __all__ = ["heun", "dpm_solver", "karras_sigmas", "dpm_solver_orders", "SKIP_TYP
 #: Time grids of :func:`dpm_solver`: uniform in lambda = -log sigma (Lu et al.'s "logSNR", their choice for
 #: low resolution), uniform in t, or uniform in sqrt(t) ("time_quadratic").
 SKIP_TYPES = ("logSNR", "time_uniform", "time_quadratic")
-
-
-def _check_int(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
 
 
 def _check_sde_state(sde: SDE, score: ScoreFn, x_T: Tensor) -> None:
@@ -83,7 +75,7 @@ def karras_sigmas(
     Raises:
         ValueError / TypeError: ``num_steps`` < 2, ``rho`` <= 0, ``eps`` outside [0, T).
     """
-    n = _check_int("num_steps", num_steps, 2)
+    n = check_int("num_steps", num_steps, 2)
     rho = check_positive("rho", rho)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < sde.T:
         raise ValueError(f"eps must be a real number in [0, T) = [0, {sde.T}), got {eps!r}")
@@ -200,7 +192,7 @@ def dpm_solver_orders(nfe: int, order: int = 3) -> list[int]:
     Raises:
         ValueError / TypeError: ``nfe`` < 1 or ``order`` not in {1, 2, 3}.
     """
-    nfe = _check_int("nfe", nfe, 1)
+    nfe = check_int("nfe", nfe, 1)
     if order not in (1, 2, 3) or isinstance(order, bool):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if order == 1:
@@ -290,7 +282,7 @@ def dpm_solver(
             raise ValueError("give either num_steps (fixed order) or nfe (DPM-Solver-fast), not both")
         orders = dpm_solver_orders(nfe, order)
     else:
-        orders = [order] * _check_int("num_steps", 10 if num_steps is None else num_steps, 1)
+        orders = [order] * check_int("num_steps", 10 if num_steps is None else num_steps, 1)
     eps = float(eps)
     k = len(orders)
     t_grid = _dpm_times(sde, eps, k, skip_type, x_T)

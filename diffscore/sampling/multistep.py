@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, randn, state_limit
+from .._checks import FiniteMonitor, Generator, check_int, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .fast import _batch_times, _check_int, _check_sde_state
+from .fast import _batch_times, _check_sde_state
 from .grids import check_grid, time_grid
 
 __all__ = ["dpmpp", "unipc", "sde_dpmpp_2m", "UNIPC_VARIANTS", "dpmpp_orders"]
@@ -79,7 +79,7 @@ def _check_common(sde: SDE, score: ScoreFn, x_T: Tensor, eps: float, num_steps: 
     _check_sde_state(sde, score, x_T)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < sde.T:
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps!r}")
-    n = _check_int("num_steps", num_steps, 1)
+    n = check_int("num_steps", num_steps, 1)
     check_grid(grid, sde, eps)
     alpha, std = sde._alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
     if not float(std[0]) > 0:

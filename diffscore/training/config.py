@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from .._checks import check_int
 from ..data import DATASETS, ImageData
 from ..data import load_splits as load_dataset_splits
 from ..sde import SDES, sde_from_config, sde_to_config
@@ -137,12 +138,12 @@ class TrainConfig:
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
             raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {self.data_range}")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size"):
-            _check_int(name, getattr(self, name), 1)
+            check_int(name, getattr(self, name), 1)
         for name in ("warmup", "keep_checkpoints", "num_samples", "quality_samples", "seed", "split_seed"):
-            _check_int(name, getattr(self, name), 0)
+            check_int(name, getattr(self, name), 0)
         for name in ("val_limit", "test_limit"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), 1)
+                check_int(name, getattr(self, name), 1)
         for name in ("lr", "grad_clip", "rtol", "atol"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
                 raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}")
@@ -177,13 +178,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; valid: {sorted(names)}")
         return cls(**d)
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 _BIG_IMAGES = dict(
