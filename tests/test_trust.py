@@ -236,15 +236,23 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, monkeypatch):
 
 
 # ---- kills and interrupts -----------------------------------------------------------------------------
-@pytest.mark.parametrize("sig, at", [(signal.SIGKILL, 15), (signal.SIGINT, 10), (signal.SIGTERM, 30)])
+@pytest.mark.parametrize(
+    "sig, at",
+    [
+        (signal.SIGKILL, "checkpoints/step_00000015"),  # mid-training, as a checkpoint lands
+        (signal.SIGKILL, "model/model.safetensors"),  # after training, during export and evaluation
+        (signal.SIGINT, "checkpoints/step_00000010"),
+        (signal.SIGTERM, "checkpoints/step_00000030"),
+    ],
+)
 def test_killed_or_interrupted_run_resumes_bitwise(tmp_path, capsys, reference, sig, at):
     out = tmp_path / "run"
     proc = spawn(train_argv(out))
-    wait_for(out / "checkpoints" / f"step_{at:08d}", proc)
+    wait_for(out / at, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGKILL:
-        assert proc.returncode == -9
+        assert proc.returncode == -9 or at.startswith("model"), err  # (the run may finish first)
     else:  # the step in progress ends, a checkpoint is saved, and the command says how to go on
         assert proc.returncode == 130, err
         lines = [line for line in err.splitlines() if line.strip()]
