@@ -337,3 +337,23 @@ def test_config_overrides_and_errors():
     with pytest.raises(ValueError, match="dataset must be one of"):
         apply_overrides(cfg, ["dataset=imagenet"])
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_validation_of_a_model_gone_bad_scores_nan_and_training_goes_on(digits):
+    trainer = Trainer(tiny_config("steps=2"), None, data=digits, progress=False)
+    trainer.fit()
+    good = trainer.best_val
+    assert math.isfinite(good)
+
+    class Exploding(torch.nn.Module):  # a network whose output is far past any plausible score
+        def __init__(self, net):
+            super().__init__()
+            self.net, self.config = net, net.config
+
+        def forward(self, x, t):
+            return 1e9 * self.net(x, t)
+
+    trainer.ema.net = Exploding(trainer.ema.net)
+    record = trainer.validate()  # the plausibility guard stops each solve; the run does not stop
+    assert math.isnan(record["mean"]) and not record["best"]
+    assert trainer.best_val == good  # the earlier weights stay selected

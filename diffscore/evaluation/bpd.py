@@ -38,6 +38,7 @@ def evaluate_bpd(
     progress: bool = False,
     desc: str = "bits/dim",
     shard: bool = True,
+    errors: str = "raise",
 ) -> tuple[Tensor, int]:
     """Bits/dim of every image of ``x_int`` under ``model`` (:func:`diffscore.bits_per_dim`).
 
@@ -60,6 +61,10 @@ def evaluate_bpd(
         batch_size: images per ODE solve. eps, rtol, atol, method: as in :func:`diffscore.log_likelihood`.
         shard: split the work over the processes of a running process group (False: this process
             evaluates every image).
+        errors: "raise" (a FloatingPointError of a solve, e.g. an implausibly large score, ends the
+            evaluation) or "nan" (the images of that batch get NaN and the others go on: how a trainer
+            validates a model that may have gone bad without stopping, and without leaving the other
+            processes of a torchrun job waiting).
 
     Returns:
         ``(bpd, nfe)``: bpd (N,) on the CPU in bits/dim, and the score evaluations summed over batches
@@ -73,10 +78,23 @@ def evaluate_bpd(
     score = bar.wrap(model)
     nfe = 0
 
+    if errors not in ("raise", "nan"):
+        raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
+
     def batch_bpd(indices: range) -> Tensor:
-        nonlocal nfe
         chunk = x_int[indices.start : indices.stop].to(device)
         gens = [torch.Generator(device).manual_seed(seed + i) for i in indices]
+        try:
+            return solve(chunk, gens)
+        except FloatingPointError:
+            if errors == "raise":
+                raise
+            return torch.full((len(indices),), math.nan)
+        finally:
+            bar.advance(len(indices))
+
+    def solve(chunk: Tensor, gens: list[torch.Generator]) -> Tensor:
+        nonlocal nfe
         res = bits_per_dim(
             model.sde,
             score,
@@ -92,7 +110,6 @@ def evaluate_bpd(
             method=method,
         )
         nfe += res.nfe
-        bar.advance(len(indices))
         return res.bpd.detach().cpu()
 
     if shard:

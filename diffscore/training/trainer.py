@@ -382,6 +382,7 @@ class Trainer:
             eps=cfg.likelihood_eps,
             rtol=cfg.rtol,
             atol=cfg.atol,
+            errors="nan",  # a model gone bad scores NaN (never selected) instead of ending the run
         )
         stats = summarize(bpd)
         improved = math.isfinite(stats["mean"]) and (self.best_val is None or stats["mean"] < self.best_val)
