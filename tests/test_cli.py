@@ -179,11 +179,18 @@ def test_usage_errors_are_clear(run, tmp_path, capsys):
 
 
 def test_fid_command_reproduces_the_training_report(run, capsys, tmp_path):
-    # the same 64 samples (per-sample seeds 0..63, pc with the run's 500 steps) and the same cached
-    # extractor as the main job: the same FID to round-off
-    quality = json.loads((run / "results.json").read_text())["sample_quality"]["samples"]
+    # the same 64 samples (per-sample seeds 0..63, the run's sampler: pc, 500 steps on the log-SNR grid,
+    # stopped at eps = 0.1) and the same cached extractor as the main job: the same FID to round-off
+    results = json.loads((run / "results.json").read_text())
+    assert json.loads((run / "train_config.json").read_text())["sample_options"] == {
+        "num_steps": 500,
+        "eps": 0.1,
+        "grid": "logsnr",
+    }
+    quality = results["sample_quality"]["samples"]
     stats, scores = tmp_path / "test_stats.safetensors", tmp_path / "fid.json"
     argv = ["fid", "--model", str(run), "--num", "64", "--method", "pc", "--steps", "500", "--no-progress"]
+    argv += ["--eps", "0.1", "--grid", "logsnr"]
     assert main([*argv, "--save-reference", str(stats), "--output", str(scores)]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith("digits FID ") and "against the digits test split, 297 images" in line
