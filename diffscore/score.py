@@ -82,6 +82,11 @@ class ScoreModel(nn.Module):
         self.event_shape = None if event_shape is None else tuple(int(s) for s in event_shape)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The score ``grad_x log p_t(x)``: x (B, *shape), t a float, 0-d or (B,) tensor -> like x.
+
+        Raises ValueError for x not shaped (B, *event_shape) and TypeError for x of another dtype than
+        the weights (see the class docstring).
+        """
         if self.event_shape is not None and tuple(x.shape[1:]) != self.event_shape:
             want = ", ".join(map(str, self.event_shape))
             raise ValueError(f"x must be a batch shaped (B, {want}) for this model, got {tuple(x.shape)}")

@@ -76,6 +76,7 @@ def _progress(args: argparse.Namespace, label: str) -> SolveProgress:
 
 
 def run_inpaint(args: argparse.Namespace) -> int:
+    """``diffscore inpaint``: fill in the hidden pixels of test digits or of ``--input``; one PNG and one tensor file."""
     tensors_path = _outputs(args)
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
@@ -111,6 +112,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
 
 
 def run_colorize(args: argparse.Namespace) -> int:
+    """``diffscore colorize``: color the gray images of ``--input`` with a 3-channel model."""
     tensors_path = _outputs(args)
     model, metadata = load_model(args)
     shape = _image_shape(metadata)
@@ -137,6 +139,7 @@ def run_colorize(args: argparse.Namespace) -> int:
 
 
 def run_classifier_train(args: argparse.Namespace) -> int:
+    """``diffscore classifier train``: a time-dependent classifier on the model's labelled data."""
     check_outputs(
         [(str(Path(args.out) / name), (), "--out") for name in ("classifier.safetensors", "config.json")]
     )
@@ -186,6 +189,7 @@ def _parse_labels(text: str, num_classes: int) -> list[int]:
 
 
 def run_conditional(args: argparse.Namespace) -> int:
+    """``diffscore conditional``: class-conditional samples guided by a classifier."""
     tensors_path = _outputs(args)
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)

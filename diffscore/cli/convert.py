@@ -11,6 +11,7 @@ from .common import add_runtime_args
 
 
 def run_score_sde(args: argparse.Namespace) -> int:
+    """``diffscore convert score_sde_pytorch``: a .pth checkpoint -> a model folder."""
     start = time.perf_counter()
     out = from_score_sde(
         args.checkpoint, args.config, args.out, weights=args.weights, overwrite=args.overwrite
@@ -23,6 +24,7 @@ def run_score_sde(args: argparse.Namespace) -> int:
 
 
 def run_diffusers(args: argparse.Namespace) -> int:
+    """``diffscore convert diffusers``: a ScoreSdeVePipeline folder -> a model folder."""
     start = time.perf_counter()
     out = from_diffusers(args.model_dir, args.out, overwrite=args.overwrite)
     print(f"converted {args.model_dir} in {time.perf_counter() - start:.1f} s: wrote {out}")

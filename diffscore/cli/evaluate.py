@@ -22,6 +22,7 @@ from .common import (
 
 
 def run_bpd(args: argparse.Namespace) -> int:
+    """``diffscore bpd``: bits/dim of a split (in a torchrun job, split over the processes)."""
     with distributed(args) as main:
         return _bpd(args, main)
 

@@ -51,6 +51,7 @@ def sample_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_sample(args: argparse.Namespace) -> int:
+    """``diffscore sample``: a PNG grid and the raw samples (in a torchrun job, split over the processes)."""
     with distributed(args) as main:
         return _sample(args, main)
 
@@ -102,6 +103,7 @@ def _solve(args: argparse.Namespace, model: Any, flow: Any, x: torch.Tensor, lab
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    """``diffscore encode``: data file -> latent file."""
     check_outputs([(args.output, (".safetensors", ".pt"), "--output")])
     model, metadata = load_model(args)
     x = read_tensor(args.input, ("x", "samples", "data"))
@@ -113,6 +115,7 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    """``diffscore decode``: latent file -> data file (and a PNG grid)."""
     check_outputs([(args.output, (".safetensors", ".pt"), "--output"), (args.png, (".png",), "--png")])
     model, metadata = load_model(args)
     z = read_tensor(args.input, ("z", "latents"))

@@ -91,6 +91,7 @@ def _folder_images(path: str, metadata: dict[str, Any], ev: QualityEvaluator) ->
 
 
 def run_fid(args: argparse.Namespace) -> int:
+    """``diffscore fid``: FID / KID / IS of samples or images against a reference set."""
     check_outputs(
         [(args.output, (".json",), "--output"), (args.save_reference, (".safetensors",), "--save-reference")]
     )

@@ -45,6 +45,7 @@ def _config(args: argparse.Namespace, out: str) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``diffscore train``: a new run from a preset, or ``--resume`` of the run in ``--out``."""
     args.out = args.out or os.path.join("runs", args.preset or "digits")
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")

@@ -11,6 +11,7 @@ DataRange = tuple[float, float]
 
 
 def float_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """``dtype`` or torch's default, checked to be floating point (TypeError otherwise)."""
     dtype = dtype or torch.get_default_dtype()
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
@@ -18,6 +19,7 @@ def float_dtype(dtype: torch.dtype | None) -> torch.dtype:
 
 
 def check_num_bins(num_bins: int) -> int:
+    """``num_bins`` if it is an int >= 2 (TypeError / ValueError otherwise)."""
     if isinstance(num_bins, bool) or not isinstance(num_bins, int):
         raise TypeError(f"num_bins must be an int, got {type(num_bins).__name__}")
     if num_bins < 2:
@@ -26,6 +28,7 @@ def check_num_bins(num_bins: int) -> int:
 
 
 def check_range(data_range: DataRange) -> tuple[float, float]:
+    """``(lo, hi)`` as floats if finite with lo < hi (TypeError / ValueError otherwise)."""
     try:
         lo, hi = (float(v) for v in data_range)
     except (TypeError, ValueError) as err:
@@ -51,6 +54,7 @@ def check_bins(name: str, x: Tensor, num_bins: int) -> None:
 
 
 def check_float(name: str, x: Tensor) -> None:
+    """Raise unless ``x`` is a floating-point tensor with finite entries (naming ``name``)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():

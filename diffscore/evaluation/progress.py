@@ -60,6 +60,7 @@ class SolveProgress:
             self.bar.update(n)
 
     def close(self) -> None:
+        """Close the bar."""
         self.bar.close()
 
     def __enter__(self) -> SolveProgress:
