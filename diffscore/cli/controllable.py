@@ -76,7 +76,7 @@ def _progress(args: argparse.Namespace, label: str) -> SolveProgress:
 
 
 def run_inpaint(args: argparse.Namespace) -> int:
-    """``diffscore inpaint``: fill in the hidden pixels of test digits or of ``--input``; one PNG and one tensor file."""
+    """``diffscore inpaint``: fill in the hidden pixels of a split or of ``--input`` (PNG and tensors)."""
     tensors_path = _outputs(args)
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
