@@ -324,7 +324,7 @@ def test_converted_model_samples_inpaints_and_colorizes(tmp_path):
 
 
 # ---- refusals: one line naming the file and the tensor / field ----------------------------------------
-def _refused(call, *needles: str) -> str:
+def assert_refused(call, *needles: str) -> str:
     with pytest.raises(ConversionError) as info:
         call()
     message = str(info.value)
@@ -339,15 +339,15 @@ def test_truncated_and_corrupted_checkpoints_are_refused(tmp_path):
     data = checkpoint.read_bytes()
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(data[: len(data) // 2])
-    _refused(lambda: load_score_sde(truncated, config), "truncated.pth", "not a readable")
+    assert_refused(lambda: load_score_sde(truncated, config), "truncated.pth", "not a readable")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(
         torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).byte().numpy().tobytes()
     )
-    _refused(lambda: load_score_sde(garbage, config), "garbage.pth", "not a readable")
+    assert_refused(lambda: load_score_sde(garbage, config), "garbage.pth", "not a readable")
     damaged = tmp_path / "damaged.pth"
     damaged.write_bytes(data[:20] + bytes(64) + data[84:])  # the zip's first local header destroyed
-    _refused(lambda: load_score_sde(damaged, config), "damaged.pth")
+    assert_refused(lambda: load_score_sde(damaged, config), "damaged.pth")
 
 
 def _make_marker(path: str) -> None:
@@ -371,7 +371,7 @@ def test_pickled_objects_are_refused_and_nothing_runs(tmp_path):
     ckpt["extra"] = payload
     evil = tmp_path / "evil.pth"
     torch.save(ckpt, evil)
-    _refused(lambda: load_score_sde(evil, config), "evil.pth", "pickled Python object", "_make_marker")
+    assert_refused(lambda: load_score_sde(evil, config), "evil.pth", "pickled Python object", "_make_marker")
     assert not (tmp_path / "ran").exists()
     # the same in a diffusers folder's .bin weights
     folder = tmp_path / "pipe"
@@ -379,7 +379,7 @@ def test_pickled_objects_are_refused_and_nothing_runs(tmp_path):
     (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     state = read_tensors(ROOT / DIFFUSERS / "unet" / "diffusion_pytorch_model.safetensors")
     torch.save({**state, "extra": payload}, folder / "unet" / "diffusion_pytorch_model.bin")
-    _refused(lambda: load_diffusers(folder), "diffusion_pytorch_model.bin", "pickled Python object")
+    assert_refused(lambda: load_diffusers(folder), "diffusion_pytorch_model.bin", "pickled Python object")
     assert not (tmp_path / "ran").exists()
     # a plain .bin state dict (tensors only) converts
     torch.save(state, folder / "unet" / "diffusion_pytorch_model.bin")
@@ -403,7 +403,7 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(tmp_path):
     def reshape(ckpt):
         ckpt["model"][model_key] = torch.zeros(8, 8, 1, 1)
 
-    _refused(
+    assert_refused(
         lambda: load_score_sde(_edited(tmp_path, reshape), config),
         "edited.pth",
         "ema.shadow_params[",
@@ -417,7 +417,7 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(tmp_path):
         ckpt["model"][model_key] = torch.zeros(8, 8, 1, 1)
         ckpt["ema"]["shadow_params"][index] = torch.zeros(8, 8, 1, 1)
 
-    _refused(
+    assert_refused(
         lambda: load_score_sde(_edited(tmp_path, reshape_both), config),
         "all_modules.4.Conv_0.weight",
         "(8, 8, 1, 1)",
@@ -428,39 +428,39 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(tmp_path):
         del ckpt["model"]["module.all_modules.1.bias"]
         del ckpt["ema"]["shadow_params"][1]
 
-    _refused(lambda: load_score_sde(_edited(tmp_path, drop), config), "'all_modules.1.bias'", "missing")
+    assert_refused(lambda: load_score_sde(_edited(tmp_path, drop), config), "'all_modules.1.bias'", "missing")
 
     def add(ckpt):
         ckpt["model"]["module.all_modules.999.weight"] = torch.zeros(3)
         ckpt["ema"]["shadow_params"].append(torch.zeros(3))
 
-    _refused(lambda: load_score_sde(_edited(tmp_path, add), config), "'all_modules.999.weight'", "unexpected")
+    assert_refused(lambda: load_score_sde(_edited(tmp_path, add), config), "'all_modules.999.weight'", "unexpected")
 
     def short_ema(ckpt):
         ckpt["ema"]["shadow_params"].pop()
 
-    _refused(lambda: load_score_sde(_edited(tmp_path, short_ema), config), "shadow_params holds")
+    assert_refused(lambda: load_score_sde(_edited(tmp_path, short_ema), config), "shadow_params holds")
 
     def nan(ckpt):
         ckpt["ema"]["shadow_params"][5][0] = float("nan")
 
-    _refused(lambda: load_score_sde(_edited(tmp_path, nan), config), "NaN")
+    assert_refused(lambda: load_score_sde(_edited(tmp_path, nan), config), "NaN")
 
     def no_ema(ckpt):
         del ckpt["ema"]
 
-    _refused(lambda: load_score_sde(_edited(tmp_path, no_ema), config), "no EMA weights", "weights='raw'")
+    assert_refused(lambda: load_score_sde(_edited(tmp_path, no_ema), config), "no EMA weights", "weights='raw'")
 
 
 def test_wrong_config_for_a_checkpoint_is_refused(tmp_path):
     ve, _ = score_sde_paths("ve_ncsnpp_cifar10_continuous")
     # another architecture: the first tensor that does not fit is named
-    _refused(lambda: load_score_sde(ve, score_sde_paths("ve_ncsnpp_celebahq256_continuous")[1]), "ve")
-    _refused(lambda: load_score_sde(ve, "ve/cifar10_ncsnpp_continuous"), "all_modules.", "wrong config")
+    assert_refused(lambda: load_score_sde(ve, score_sde_paths("ve_ncsnpp_celebahq256_continuous")[1]), "ve")
+    assert_refused(lambda: load_score_sde(ve, "ve/cifar10_ncsnpp_continuous"), "all_modules.", "wrong config")
     # the same architecture with another sigma_max: only the sigmas buffer tells (as church vs bedroom)
     config = read_json(score_sde_paths("ve_ncsnpp_cifar10_continuous")[1])
     config["model"]["sigma_max"] = 90.0
-    _refused(lambda: load_score_sde(ve, config), "module.sigmas", "sigma_max 90")
+    assert_refused(lambda: load_score_sde(ve, config), "module.sigmas", "sigma_max 90")
 
 
 def test_configs_that_do_not_convert_are_refused(tmp_path):
@@ -474,13 +474,13 @@ def test_configs_that_do_not_convert_are_refused(tmp_path):
     ]:
         bad = json.loads(json.dumps(config))
         bad[section][key] = value
-        _refused(lambda bad=bad: score_sde_spec(bad), needle)
+        assert_refused(lambda bad=bad: score_sde_spec(bad), needle)
     del config["model"]["nf"]
-    _refused(lambda: score_sde_spec(config), "field model.nf is missing")
+    assert_refused(lambda: score_sde_spec(config), "field model.nf is missing")
     py = tmp_path / "cifar10_ddpmpp_continuous.py"
     py.write_text("raise SystemExit('must not run')\n")
-    _refused(lambda: score_sde_spec(py), "not run", "JSON")
-    _refused(lambda: score_sde_spec("ve/no_such_preset"), "neither a released preset")
+    assert_refused(lambda: score_sde_spec(py), "not run", "JSON")
+    assert_refused(lambda: score_sde_spec("ve/no_such_preset"), "neither a released preset")
 
 
 def _pipeline(tmp_path: Path, edit_config=None, edit_state=None) -> Path:
@@ -505,40 +505,40 @@ def test_diffusers_models_that_do_not_map_are_refused(tmp_path):
     weights = ROOT / DIFFUSERS / "unet" / "diffusion_pytorch_model.safetensors"
     folder = _pipeline(tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(weights.read_bytes()[:100_000])
-    _refused(lambda: load_diffusers(folder), "diffusion_pytorch_model.safetensors", "not a valid safetensors")
+    assert_refused(lambda: load_diffusers(folder), "diffusion_pytorch_model.safetensors", "not a valid safetensors")
 
     def block(c):
         c["down_block_types"][1] = "DownBlock2D"
 
-    _refused(lambda: load_diffusers(_pipeline(tmp_path, block)), "config.json", "'DownBlock2D'")
+    assert_refused(lambda: load_diffusers(_pipeline(tmp_path, block)), "config.json", "'DownBlock2D'")
 
     def positional(c):
         c["time_embedding_type"] = "positional"
 
-    _refused(lambda: load_diffusers(_pipeline(tmp_path, positional)), "time_embedding_type")
+    assert_refused(lambda: load_diffusers(_pipeline(tmp_path, positional)), "time_embedding_type")
 
     def attention_down_only(c):
         c["down_block_types"][2] = "AttnSkipDownBlock2D"
 
-    _refused(lambda: load_diffusers(_pipeline(tmp_path, attention_down_only)), "attention at resolutions")
+    assert_refused(lambda: load_diffusers(_pipeline(tmp_path, attention_down_only)), "attention at resolutions")
 
     def attention_both(c):  # diffusers' attention GroupNorm has 32 groups; NCSN++ gives 16 channels 4
         c["down_block_types"][2] = "AttnSkipDownBlock2D"
         c["up_block_types"][0] = "AttnSkipUpBlock2D"
 
-    _refused(lambda: load_diffusers(_pipeline(tmp_path, attention_both)), "group_norm", "32 groups")
+    assert_refused(lambda: load_diffusers(_pipeline(tmp_path, attention_both)), "group_norm", "32 groups")
 
     def reshape(s):
         s["conv_in.weight"] = torch.zeros(8, 3, 1, 1)
 
-    _refused(
+    assert_refused(
         lambda: load_diffusers(_pipeline(tmp_path, edit_state=reshape)), "'conv_in.weight'", "(8, 3, 3, 3)"
     )
 
     def extra(s):
         s["up_blocks.0.upsampler.Conv2d_0.weight"] = torch.zeros(1)
 
-    _refused(
+    assert_refused(
         lambda: load_diffusers(_pipeline(tmp_path, edit_state=extra)),
         "'up_blocks.0.upsampler.Conv2d_0.weight'",
     )
@@ -565,7 +565,7 @@ def test_output_directory_is_not_overwritten_by_default(tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     from_score_sde(checkpoint, config, out)  # a folder with other files: the model goes beside them
-    _refused(lambda: from_score_sde(checkpoint, config, out), "already holds")
+    assert_refused(lambda: from_score_sde(checkpoint, config, out), "already holds")
     from_score_sde(checkpoint, config, out, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
     assert check_model_dir(out, "vp_ddpmpp_cifar10_continuous") < TOLERANCE
