@@ -434,7 +434,9 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(tmp_path):
         ckpt["model"]["module.all_modules.999.weight"] = torch.zeros(3)
         ckpt["ema"]["shadow_params"].append(torch.zeros(3))
 
-    assert_refused(lambda: load_score_sde(_edited(tmp_path, add), config), "'all_modules.999.weight'", "unexpected")
+    assert_refused(
+        lambda: load_score_sde(_edited(tmp_path, add), config), "'all_modules.999.weight'", "unexpected"
+    )
 
     def short_ema(ckpt):
         ckpt["ema"]["shadow_params"].pop()
@@ -449,7 +451,9 @@ def test_mismatched_checkpoints_are_refused_naming_the_tensor(tmp_path):
     def no_ema(ckpt):
         del ckpt["ema"]
 
-    assert_refused(lambda: load_score_sde(_edited(tmp_path, no_ema), config), "no EMA weights", "weights='raw'")
+    assert_refused(
+        lambda: load_score_sde(_edited(tmp_path, no_ema), config), "no EMA weights", "weights='raw'"
+    )
 
 
 def test_wrong_config_for_a_checkpoint_is_refused(tmp_path):
@@ -505,7 +509,9 @@ def test_diffusers_models_that_do_not_map_are_refused(tmp_path):
     weights = ROOT / DIFFUSERS / "unet" / "diffusion_pytorch_model.safetensors"
     folder = _pipeline(tmp_path)
     (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(weights.read_bytes()[:100_000])
-    assert_refused(lambda: load_diffusers(folder), "diffusion_pytorch_model.safetensors", "not a valid safetensors")
+    assert_refused(
+        lambda: load_diffusers(folder), "diffusion_pytorch_model.safetensors", "not a valid safetensors"
+    )
 
     def block(c):
         c["down_block_types"][1] = "DownBlock2D"
@@ -520,7 +526,9 @@ def test_diffusers_models_that_do_not_map_are_refused(tmp_path):
     def attention_down_only(c):
         c["down_block_types"][2] = "AttnSkipDownBlock2D"
 
-    assert_refused(lambda: load_diffusers(_pipeline(tmp_path, attention_down_only)), "attention at resolutions")
+    assert_refused(
+        lambda: load_diffusers(_pipeline(tmp_path, attention_down_only)), "attention at resolutions"
+    )
 
     def attention_both(c):  # diffusers' attention GroupNorm has 32 groups; NCSN++ gives 16 channels 4
         c["down_block_types"][2] = "AttnSkipDownBlock2D"
