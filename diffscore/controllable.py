@@ -24,7 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import Generator, bcast, check_data, check_eps, check_positive, rand, randn
+from ._checks import (
+    FiniteMonitor,
+    Generator,
+    bcast,
+    check_data,
+    check_eps,
+    check_positive,
+    rand,
+    randn,
+    state_limit,
+)
 from .sampling import default_eps
 from .sampling.langevin import _check_mask
 from .sampling.pc import pc_sample
@@ -78,7 +88,8 @@ def inpaint(
     unknown entries comes out too large (x1.5-2.4 on correlated Gaussian data without a corrector).
     With ``known_noise="predicted"`` (default) ``e = -std(t') score(x', t')`` is the model's noise
     prediction at the known entries from the latest score evaluation, each entry clipped to
-    [-5, 5] (``PREDICTED_NOISE_BOUND``; a unit normal exceeds 5 with probability 6e-7). Near t = T the
+    [-5, 5] (``PREDICTED_NOISE_BOUND``; a unit normal exceeds 5 with probability 6e-7; a prediction
+    whose unclipped ``std(t) e`` is past the samplers' state bound raises instead). Near t = T the
     prediction is nearly the state itself, so the iteration is close to neutral there, and a learned
     score's errors would grow without the bound: inpainting with the trained digits model diverged near
     t = 0.7 before it (examples/digits_controllable.py runs it). Its fixed point is the state whose
@@ -109,6 +120,7 @@ def inpaint(
     Raises:
         ValueError / TypeError: a mask of the wrong shape or with entries outside {0, 1}, bad
             ``x_known`` / ``x_T`` / ``eps``, an unknown ``known_noise``, and the errors of ``pc_sample``.
+        FloatingPointError: a predicted known state past the state bound (above), naming its time.
     """
     check_data("x_known", x_known)
     if known_noise not in KNOWN_NOISE:
@@ -128,6 +140,10 @@ def inpaint(
             )
 
     last: dict[str, Tensor] = {}
+    # the clip would hide a model gone absurd: std(t') * (unclipped prediction) = -var(t') score is
+    # checked against the state bound like every sampler state; past it the call raises naming t'
+    monitor = FiniteMonitor("predicted known state", state_limit(sde.prior_std))
+    times: list[Tensor] = []
 
     def recording_score(x: Tensor, t: Tensor) -> Tensor:
         s = score(x, t)
@@ -137,7 +153,10 @@ def inpaint(
     def replace_known(x: Tensor, t: Tensor) -> Tensor:
         alpha, std = sde._alpha_std(t)
         if known_noise == "predicted" and "s" in last:
-            noise = -bcast(sde._var(last["t"]).sqrt(), x) * last["s"]  # the model's noise prediction
+            std_last = bcast(sde._var(last["t"]).sqrt(), x)
+            monitor.update(torch.where(known, std_last.square() * last["s"], 0.0), len(times))
+            times.append(last["t"][0])
+            noise = -std_last * last["s"]  # the model's noise prediction
             noise = noise.clamp(-PREDICTED_NOISE_BOUND, PREDICTED_NOISE_BOUND)
         else:
             noise = randn(x.shape, generator, x.device, x.dtype)
@@ -160,6 +179,7 @@ def inpaint(
         constraint=replace_known,
         stats=stats,
     )
+    monitor.check(times)
     return torch.where(known, x_known, x)
 
 
