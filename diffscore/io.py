@@ -51,6 +51,9 @@ __all__ = [
     "claim",
     "owns",
     "remove_owned",
+    "check_removable",
+    "check_directory",
+    "manifest_kind",
     "check_output",
     "written_by_diffscore",
     "write_json",
@@ -105,6 +108,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 
 
 # ---- manifests ----------------------------------------------------------------------------------------
+def _read_manifest_file(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {}
+    obj = read_json(path)
+    if obj.get("format") != "diffscore.files" or not isinstance(obj.get("files"), dict):
+        raise ValueError(f"{str(path)!r} is not a diffscore manifest")
+    return obj
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """``{name: entry}`` of what diffscore wrote in ``directory`` ({} when it has no manifest).
 
@@ -114,18 +127,24 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, dict[str, Any]]:
     Raises:
         ValueError: the manifest is not readable (the message names it).
     """
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return {}
-    obj = read_json(path)
-    files = obj.get("files")
-    if obj.get("format") != "diffscore.files" or not isinstance(files, dict):
-        raise ValueError(f"{str(path)!r} is not a diffscore manifest")
+    files = _read_manifest_file(directory).get("files", {})
     return {str(k): dict(v) if isinstance(v, dict) else {} for k, v in files.items()}
 
 
-def _write_manifest(directory: Path, files: Mapping[str, Mapping[str, Any]]) -> None:
-    obj = {"format": "diffscore.files", "version": 1, "files": {k: dict(v) for k, v in sorted(files.items())}}
+def manifest_kind(directory: str | os.PathLike) -> str | None:
+    """What a directory written by :func:`write_directory` holds (its ``kind``: "score_model",
+    "checkpoint", ...); None for a folder of claimed names (a training run) or without a manifest."""
+    kind = _read_manifest_file(directory).get("kind")
+    return kind if isinstance(kind, str) else None
+
+
+def _write_manifest(directory: Path, files: Mapping[str, Mapping[str, Any]], kind: str | None = None) -> None:
+    """Write the manifest of ``directory``; ``kind`` None keeps the kind it had."""
+    kind = kind if kind is not None else manifest_kind(directory)
+    obj: dict[str, Any] = {"format": "diffscore.files", "version": 1}
+    if kind is not None:
+        obj["kind"] = kind
+    obj["files"] = {k: dict(v) for k, v in sorted(files.items())}
     write_json(directory / MANIFEST, obj)
 
 
@@ -170,11 +189,16 @@ def remove_owned(path: str | os.PathLike) -> None:
 
     The name is first renamed to a hidden ``.diffscore-trash`` name (atomic), then deleted, so an
     interruption never leaves half of a directory under its real name. Anything not owned is left alone.
+
+    Raises:
+        FileExistsError: ``path`` is a directory holding something diffscore did not write
+            (:func:`check_removable`); nothing is changed.
     """
     path = Path(path)
     files = read_manifest(path.parent)
     if path.name not in files:
         return
+    check_removable(path)
     trash = None
     if path.exists() or path.is_symlink():
         trash = _tmp_name(path, _TRASH)
@@ -183,6 +207,24 @@ def remove_owned(path: str | os.PathLike) -> None:
     _write_manifest(path.parent, files)
     if trash is not None:
         _delete(trash)
+
+
+def check_removable(path: str | os.PathLike) -> None:
+    """Raise FileExistsError naming the first file under directory ``path`` that diffscore did not
+    write (not named by the manifest of its folder, at any depth); a file, or a directory holding only
+    diffscore's files and temporaries, passes."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return
+    owned = read_manifest(path)
+    for child in sorted(path.iterdir()):
+        if child.name == MANIFEST or child.name.endswith((_TMP, _TRASH)):
+            continue
+        if child.name not in owned:
+            raise FileExistsError(
+                f"{str(child)!r} was not written by diffscore; move it out of {str(path)!r} first"
+            )
+        check_removable(child)
 
 
 def _delete(path: Path) -> None:
@@ -200,7 +242,7 @@ def _foreign(path: Path, names: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def write_directory(path: str | os.PathLike, names: Sequence[str] = ()) -> Iterator[Path]:
+def write_directory(path: str | os.PathLike, names: Sequence[str] = (), *, kind: str) -> Iterator[Path]:
     """Write a directory of files (a model, a checkpoint) without touching anything else in it.
 
     Yields a hidden staging directory to fill. On normal exit its files get a manifest (size and SHA-256
@@ -213,16 +255,15 @@ def write_directory(path: str | os.PathLike, names: Sequence[str] = ()) -> Itera
         path: the directory.
         names: the file names that will be written, checked against ``path`` before any work is done
             (the files found in the staging directory are checked again at commit).
+        kind: what the directory holds ("score_model", "checkpoint", ...), kept in the manifest: an
+            existing directory of diffscore's files is replaced only by one of the same kind, so a
+            model is never written over a training run, a checkpoint or a model of another kind.
 
     Raises:
-        FileExistsError: ``path`` holds a file of the same name that diffscore did not write, or is not
-            a directory (both checked before anything is written).
+        FileExistsError: ``path`` holds a file of the same name that diffscore did not write, holds
+            diffscore's files of another kind, or is not a directory (checked before anything is written).
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{str(path)!r} exists and is not a directory")
-    if path.is_dir() and (clash := _foreign(path, names)):
-        raise FileExistsError(f"{str(path / clash[0])!r} exists and was not written by diffscore")
+    path = check_directory(path, names, kind=kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = _tmp_name(path)
     staging.mkdir(mode=0o755)
@@ -231,11 +272,36 @@ def write_directory(path: str | os.PathLike, names: Sequence[str] = ()) -> Itera
         files = sorted(p.name for p in staging.iterdir() if p.name != MANIFEST)
         if path.is_dir() and (clash := _foreign(path, files)):
             raise FileExistsError(f"{str(path / clash[0])!r} exists and was not written by diffscore")
-        _write_manifest(staging, {name: _file_entry(staging / name) for name in files})
+        _write_manifest(staging, {name: _file_entry(staging / name) for name in files}, kind)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _commit(staging, path)
+
+
+def check_directory(path: str | os.PathLike, names: Sequence[str] = (), *, kind: str) -> Path:
+    """The checks :func:`write_directory` makes before it writes, for callers that want them before
+    long work (training): ``path`` is absent, or a directory with no file of ``names`` that diffscore
+    did not write and no diffscore files of another ``kind``. Returns ``path`` as a Path.
+
+    Raises:
+        FileExistsError: as :func:`write_directory`.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{str(path)!r} exists and is not a directory")
+    if not path.is_dir():
+        return path
+    held = manifest_kind(path)
+    if read_manifest(path) and held != kind:
+        what = held.replace("_", " ") if held else "a training run or an older diffscore folder"
+        raise FileExistsError(
+            f"{str(path)!r} holds diffscore's files of another kind ({what}), not a "
+            f"{kind.replace('_', ' ')}; choose another folder"
+        )
+    if clash := _foreign(path, names):
+        raise FileExistsError(f"{str(path / clash[0])!r} exists and was not written by diffscore")
+    return path
 
 
 def _commit(staging: Path, path: Path) -> None:
@@ -356,14 +422,20 @@ def check_output(path: str | os.PathLike, suffixes: Sequence[str] = (), flag: st
     given) and it is absent or written by diffscore (:func:`written_by_diffscore`).
 
     Raises:
-        ValueError: a wrong suffix. FileExistsError: ``path`` exists and diffscore did not write it, or
-            is a directory. Both messages name ``flag`` and the path.
+        ValueError: a wrong suffix. FileExistsError: ``path`` exists and diffscore did not write it, is
+            a file of a model or checkpoint folder (its manifest fixes its content), or is a directory.
+            Both messages name ``flag`` and the path.
     """
     p = Path(path).expanduser()
     if suffixes and p.suffix.lower() not in suffixes:
         raise ValueError(f"{flag} {str(p)!r} must end in {' or '.join(suffixes)}")
     if p.is_dir():
         raise FileExistsError(f"{flag} {str(p)!r} is a directory")
+    if read_manifest(p.parent).get(p.name):  # listed with its size and hash: part of a model or checkpoint
+        raise FileExistsError(
+            f"{flag} {str(p)!r} is a file of the diffscore folder {str(p.parent)!r} (a model or checkpoint); "
+            "choose another path"
+        )
     if (p.exists() or p.is_symlink()) and not written_by_diffscore(p):
         why = (
             "a .pt file carries no mark of its writer, so diffscore never replaces one"

@@ -135,7 +135,7 @@ class ScoreModel(nn.Module):
             "metadata": dict(metadata or {}),
         }
         directory = Path(directory)
-        with write_directory(directory, ("model.safetensors", "config.json")) as tmp:
+        with write_directory(directory, ("model.safetensors", "config.json"), kind="score_model") as tmp:
             write_tensors(tmp / "model.safetensors", self.state_dict())
             write_json(tmp / "config.json", config)
         return directory

@@ -197,6 +197,61 @@ def test_output_files_the_user_owns_are_never_replaced(tmp_path, capsys, referen
     assert cli(capsys, *ok)[0] == 0 and cli(capsys, *ok)[0] == 0
 
 
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes, but the run lock (a refused command may take it)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(io.LOCK))
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
+
+
+def test_a_model_or_run_folder_is_never_written_over_by_another_kind(tmp_path, capsys, reference):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "model" / "mine.txt").write_text("mine")  # a user's file inside diffscore's model folder
+    before = _tree(run)
+    x = tmp_path / "x.safetensors"
+    io.write_tensors(x, {"x": torch.rand(4, 1, 8, 8) * 2 - 1})
+    weights_file = str(run / "model" / "model.safetensors")
+    clf = ["classifier", "train", "--model", str(run), "--steps", "2", "--out"]
+    probes = {
+        "classifier into the run": [*clf, str(run)],
+        "classifier into the model": [*clf, str(run / "model")],
+        "extractor into the model": ["fid", "--model", str(run), "--samples", str(x), "--no-progress",
+                                     "--extractor-cache", str(run / "model")],
+        "extractor into the run": ["fid", "--model", str(run), "--samples", str(x), "--no-progress",
+                                   "--extractor-cache", str(run)],
+        "samples over the weights": ["sample", "--model", str(run), "--num", "2", "--no-progress",
+                                     "--out", str(tmp_path / "s.png"), "--tensors", weights_file],
+        "latent over the weights": ["encode", "--model", str(run), "--input", str(x), "--no-progress",
+                                    "--output", weights_file],
+    }  # fmt: skip
+    for name, argv in probes.items():
+        start = time.monotonic()
+        rc, err = cli(capsys, *argv)
+        assert rc == 2 and len(err) == 1, (name, err)
+        assert "another kind" in err[0] or "a file of the diffscore folder" in err[0], (name, err[0])
+        # refused before any work: neither the extractor (~10 s) nor the classifier was trained
+        assert time.monotonic() - start < 5.0, name
+        assert _tree(run) == before, name
+    # --overwrite stops at the user's file inside the model folder, before deleting anything
+    rc, err = cli(capsys, *train_argv(run, "--overwrite"))
+    assert rc == 2 and len(err) == 1 and "mine.txt" in err[0] and "not written by diffscore" in err[0], err
+    assert _tree(run) == before
+
+
+def test_pruning_keeps_a_checkpoint_holding_a_users_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(capsys, *train_argv(out, "--set", "steps=10"))[0] == 0
+    first = out / "checkpoints" / "step_00000005"
+    (first / "mine.txt").write_text("mine")
+    with pytest.warns(UserWarning, match="kept an old checkpoint"):
+        assert cli(capsys, "train", "--out", str(out), "--resume", "--steps", "20", "--no-progress")[0] == 0
+    assert (first / "mine.txt").read_text() == "mine"
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert kept == ["step_00000005", "step_00000015", "step_00000020"]  # keep_checkpoints=2, plus the user's
+
+
 # ---- one run at a time ----------------------------------------------------------------------------------
 def test_a_second_training_into_the_same_folder_is_refused(tmp_path, capsys, reference):
     out = tmp_path / "run"

@@ -18,8 +18,8 @@ import torch
 from ..controllable import classifier_log_prob, colorize, conditional_score, inpaint
 from ..data import bin_centers, make_mask, quantize, save_image_grid
 from ..evaluation.progress import SolveProgress
-from ..io import read_tensor, write_tensors
-from ..nets.classifier import load_classifier, save_classifier
+from ..io import check_directory, read_tensor, write_tensors
+from ..nets.classifier import CLASSIFIER_FILES, CLASSIFIER_KIND, load_classifier, save_classifier
 from ..sampling import sample
 from ..training import TrainConfig, classifier_accuracy, load_splits, train_classifier
 from .common import (
@@ -140,9 +140,7 @@ def run_colorize(args: argparse.Namespace) -> int:
 
 def run_classifier_train(args: argparse.Namespace) -> int:
     """``diffscore classifier train``: a time-dependent classifier on the model's labelled data."""
-    check_outputs(
-        [(str(Path(args.out) / name), (), "--out") for name in ("classifier.safetensors", "config.json")]
-    )
+    check_directory(args.out, CLASSIFIER_FILES, kind=CLASSIFIER_KIND)  # before the training
     model, metadata = load_model(args)
     num_bins, data_range = data_info(metadata)
     splits = load_splits(_train_config(metadata))

@@ -32,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from ..data import bin_centers, load_digits, uniform_dequantize
-from ..io import read_json, read_tensors, verify_directory, write_directory, write_json, write_tensors
+from ..io import (
+    check_directory,
+    read_json,
+    read_tensors,
+    verify_directory,
+    write_directory,
+    write_json,
+    write_tensors,
+)
 from ..nets.feature_classifier import FeatureClassifier
 from .sample_quality import QualityEvaluator
 
@@ -47,6 +55,8 @@ __all__ = [
 
 #: Version of the cached extractor folder layout and training recipe; a cache of another version is retrained.
 DIGITS_CLASSIFIER_FORMAT = 1
+_CACHE_FILES = ("model.safetensors", "config.json")
+_CACHE_KIND = "digits_feature_extractor"
 
 #: The training recipe of the digits extractor (recorded in the cache's config.json).
 DIGITS_RECIPE: dict[str, Any] = dict(
@@ -167,6 +177,9 @@ def digits_classifier(
 
     Raises:
         ValueError: a corrupt cache (its files name the path).
+        FileExistsError: ``cache_dir`` is a file, or a folder holding diffscore's files of another kind
+            (a score model, a training run) or files of the cache's names that diffscore did not write;
+            checked before training.
     """
     lo, hi = (float(v) for v in data_range)
     wanted = dict(
@@ -184,6 +197,8 @@ def digits_classifier(
             net = FeatureClassifier(**{k: v for k, v in config["net"].items() if k != "name"})
             net.load_state_dict(read_tensors(cache / "model.safetensors"))
             return net.eval().requires_grad_(False).to(device or "cpu")
+    if cache is not None:
+        check_directory(cache, _CACHE_FILES, kind=_CACHE_KIND)  # before the training, not after it
     start = time.perf_counter()
     train = load_digits("train", seed=split_seed)
     net = train_feature_classifier(
@@ -208,7 +223,7 @@ def digits_classifier(
             f"{accuracy['validation']:.3f}, test {accuracy['test']:.3f})"
         )
     if cache is not None:
-        with write_directory(cache, ("model.safetensors", "config.json")) as tmp:
+        with write_directory(cache, _CACHE_FILES, kind=_CACHE_KIND) as tmp:
             write_tensors(tmp / "model.safetensors", net.state_dict())
             write_json(
                 tmp / "config.json", {**wanted, "net": net.config, "accuracy": accuracy, "seconds": seconds}

@@ -16,6 +16,10 @@ from .layers import GaussianFourierProjection
 
 __all__ = ["TimeDependentClassifier", "save_classifier", "load_classifier"]
 
+#: The files of a classifier folder and the kind recorded in its manifest (:func:`save_classifier`).
+CLASSIFIER_FILES = ("classifier.safetensors", "config.json")
+CLASSIFIER_KIND = "time_dependent_classifier"
+
 
 class TimeDependentClassifier(nn.Module):
     """An MLP ``classifier(x, t) -> (B, num_classes)`` logits of p_t(y | x_t) (Song et al. 2021, App. I.1).
@@ -79,11 +83,12 @@ def save_classifier(classifier: TimeDependentClassifier, directory: str | Path, 
     (:func:`diffscore.io.write_directory`: other files in ``directory`` are left alone).
 
     Raises:
-        FileExistsError: ``directory`` holds a file of these names that diffscore did not write.
+        FileExistsError: ``directory`` holds a file of these names that diffscore did not write, or
+            diffscore's files of another kind (a model, a training run).
     """
-    names = ("classifier.safetensors", "config.json")
+    names = CLASSIFIER_FILES
     config = {**classifier.config, "sde": sde_to_config(classifier.sde), "metadata": metadata}
-    with write_directory(directory, names) as tmp:
+    with write_directory(directory, names, kind=CLASSIFIER_KIND) as tmp:
         write_tensors(tmp / "classifier.safetensors", classifier.state_dict())
         write_json(tmp / "config.json", config)
     return Path(directory)

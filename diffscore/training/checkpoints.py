@@ -88,7 +88,7 @@ def save_checkpoint(
         The checkpoint directory.
     """
     directory = Path(directory)
-    with write_directory(directory) as tmp:
+    with write_directory(directory, kind="checkpoint") as tmp:
         for group, named in tensors.items():
             write_tensors(tmp / f"{group}.safetensors", named)
         write_json(tmp / "state.json", dict(state))

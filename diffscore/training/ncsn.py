@@ -107,7 +107,7 @@ def ncsn_samples(
 def save_ncsn(net: nn.Module, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
     """Write ``directory/config.json`` (``{"net": net.config, "metadata": ...}``) and
     ``directory/model.safetensors`` (the state dict) atomically; returns the directory."""
-    with write_directory(directory, ("config.json", "model.safetensors")) as tmp:
+    with write_directory(directory, ("config.json", "model.safetensors"), kind="ncsn_model") as tmp:
         write_json(tmp / "config.json", {"kind": "ncsn", "net": net.config, "metadata": metadata or {}})
         write_tensors(tmp / "model.safetensors", net.state_dict())
     return Path(directory)

@@ -31,6 +31,7 @@ from ..evaluation import (
 )
 from ..io import (
     LOCK,
+    check_removable,
     claim,
     lock_directory,
     owns,
@@ -207,6 +208,8 @@ def _start_fresh(out: Path, overwrite: bool) -> None:
             f"{str(out)!r} already holds a training run ({', '.join(previous)}); pass --resume to continue "
             "it or --overwrite to start over"
         )
+    for name in previous:  # on every process, before any deletion: a file of the user's inside stops it
+        check_removable(out / name)
     if dd.current().is_main:
         for name in previous:
             remove_owned(out / name)

@@ -36,6 +36,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -629,7 +630,10 @@ class Trainer:
             root = self.out_dir / "checkpoints"
             path = save_checkpoint(claim(root / f"step_{self.step:08d}"), groups, state)
             for old in list_checkpoints(root)[: -self.config.keep_checkpoints]:
-                remove_owned(old)  # renamed away first: never a half-deleted checkpoint under its name
+                try:
+                    remove_owned(old)  # renamed away first: never a half-deleted checkpoint under its name
+                except FileExistsError as err:  # a file of the user's inside: keep the whole checkpoint
+                    warnings.warn(f"kept an old checkpoint: {err}", stacklevel=2)
         dd.barrier()
         return path
 
