@@ -200,6 +200,15 @@ def test_fid_command_reproduces_the_training_report(run, capsys, tmp_path):
     # against the saved reference statistics: the same numbers again
     assert main([*argv, "--reference-stats", str(stats), "--output", str(tmp_path / "again.json")]) == 0
     assert json.loads((tmp_path / "again.json").read_text())["fid"] == pytest.approx(got["fid"], rel=1e-9)
+    # the run's sampler comes with the run's options: no flags give the same samples, and say so
+    plain = ["fid", "--model", str(run), "--num", "64", "--no-progress", "--reference-stats", str(stats)]
+    assert main([*plain, "--output", str(tmp_path / "plain.json")]) == 0
+    assert "(pc, eps=0.1, grid=logsnr, num_steps=500)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "plain.json").read_text())["fid"] == pytest.approx(got["fid"], rel=1e-9)
+    # a flag given overrides the run's option of that name only
+    assert main([*plain, "--eps", "0.001", "--output", str(tmp_path / "eps.json")]) == 0
+    assert "(pc, eps=0.001, grid=logsnr, num_steps=500)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eps.json").read_text())["fid"] != pytest.approx(got["fid"], rel=1e-3)
 
 
 def test_fid_command_without_inception_weights_is_one_line(run, capsys, tmp_path):

@@ -503,11 +503,17 @@ def _deep_config(model: Path) -> None:
         ("limit -1", "--limit"),
         ("output csv", "--output"),
         ("steps 0", "--steps"),
+        ("fid of 1 sample", "--num"),
+        ("gray levels out of range", "--samples"),
+        ("unknown flag", "diffscore sample: error: unrecognized arguments: --bogus"),
+        ("classifier error prefix", "diffscore classifier train: error:"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, capsys, reference, case, flag):
     x255 = tmp_path / "x.safetensors"
     io.write_tensors(x255, {"x": torch.rand(2, 1, 8, 8) * 255})
+    levels = tmp_path / "levels.safetensors"
+    io.write_tensors(levels, {"samples_int": torch.full((4, 1, 8, 8), 17)})  # 17 bins: 0..16
     model = str(reference)
     if case == "oversized config":
         model = str(_model_with(reference, tmp_path, _oversized))
@@ -533,12 +539,17 @@ def test_bad_input_is_one_line(tmp_path, capsys, reference, case, flag):
         "limit -1": ["bpd", "--model", model, "--limit", "-1"],
         "output csv": ["bpd", "--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "res.csv")],
         "steps 0": ["train", "--out", str(tmp_path / "r"), "--steps", "0"],
+        "fid of 1 sample": ["fid", "--model", model, "--num", "1"],
+        "gray levels out of range": ["fid", "--model", model, "--samples", str(levels)],
+        "unknown flag": ["sample", "--model", model, "--bogus"],
+        "classifier error prefix": ["classifier", "train", "--model", str(tmp_path / "none"), "--out", "c"],
     }[case]
     start = time.monotonic()
     rc, err = cli(capsys, *argv)
     assert rc == 2 and len(err) == 1, err
     assert flag in err[0], err[0]
-    assert time.monotonic() - start < 20  # refused before any real work (an 8 GiB file is never read)
+    assert time.monotonic() - start < 20  # refused before any real work (an 8 GiB file is never read,
+    # no extractor or classifier is trained)
 
 
 def test_model_dtype_and_shape_are_checked_at_the_first_call(reference):

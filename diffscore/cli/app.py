@@ -28,6 +28,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[no-untyped-def]
+        # an unknown flag is reported by the (sub)command that got it, not by the top-level parser
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of the ``diffscore`` command."""
@@ -48,6 +55,12 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The command as typed, with its action: ``sample``, ``classifier train``, ``convert diffusers``."""
+    action = getattr(args, "classifier_command", None) or getattr(args, "format", None)
+    return f"{args.command} {action}" if action else args.command
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
     try:
@@ -62,13 +75,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except TrainingInterrupted as stop:
         resume = f"diffscore train --out {args.out} --resume" if getattr(args, "out", None) else "--resume"
-        print(f"diffscore {args.command}: {stop}; continue with: {resume}", file=sys.stderr)
+        print(f"diffscore {_command(args)}: {stop}; continue with: {resume}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"diffscore {args.command}: interrupted", file=sys.stderr)
+        print(f"diffscore {_command(args)}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # every library error: one line, exit status 2
         if os.environ.get("DIFFSCORE_DEBUG"):
             raise
-        print(f"diffscore {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"diffscore {_command(args)}: error: {_one_line(err)}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed as dd
+from ..data._validate import check_bins
 from ..io import check_output, read_json
 from ..score import ScoreModel
 
@@ -118,6 +119,17 @@ def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input", dat
                 f"{flag} holds values in [{float(x.min()):g}, {float(x.max()):g}] but the model's data lie "
                 f"in [{lo:g}, {hi:g}]; scale the images to that range (e.g. x / 127.5 - 1 for 8-bit images)"
             )
+    return x
+
+
+def check_samples(x: Tensor, metadata: dict[str, Any], flag: str, min_num: int = 1) -> Tensor:
+    """Images as a command reads them: gray levels (integers in ``[0, num_bins)``) or floats in the
+    model's data range (:func:`check_images`), at least ``min_num`` of them; errors name ``flag``."""
+    if x.ndim < 1 or x.shape[0] < min_num:
+        raise ValueError(f"{flag} must hold at least {min_num} images, got {tuple(x.shape)}")
+    if x.is_floating_point():
+        return check_images(x, metadata, flag)
+    check_bins(flag, x, data_info(metadata)[0])
     return x
 
 

@@ -27,6 +27,7 @@ from .common import (
     add_runtime_args,
     check_images,
     check_outputs,
+    check_samples,
     data_info,
     load_model,
     positive_int,
@@ -82,7 +83,7 @@ def run_inpaint(args: argparse.Namespace) -> int:
     num_bins, data_range = data_info(metadata)
     p = next(iter(model.parameters()))
     if args.input:
-        x = read_tensor(args.input, ("x", "images", "samples", "data"))
+        x = check_samples(read_tensor(args.input, ("x", "images", "samples", "data")), metadata, "--input")
         x = bin_centers(x, num_bins, data_range) if not x.is_floating_point() else x
     else:
         x = bin_centers(

@@ -29,9 +29,14 @@ from .common import (
 )
 
 
-def sample_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The sampler options given on the command line (only those given: the sampler keeps its defaults)."""
-    options: dict[str, Any] = {}
+def sample_options(args: argparse.Namespace, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The sampler options: those of the training run that wrote the model (its ``sample_options``) when
+    ``--method`` is the run's ``sample_method``, then the ones given on the command line over them
+    (options given nowhere keep the sampler's defaults)."""
+    run = metadata.get("train_config") or {}
+    options: dict[str, Any] = (
+        dict(run.get("sample_options") or {}) if args.method == run.get("sample_method") else {}
+    )
     for flag, key in (("steps", "num_steps"), ("rtol", "rtol"), ("atol", "atol"), ("eps", "eps")):
         if getattr(args, flag) is not None:
             options[key] = getattr(args, flag)
@@ -50,6 +55,11 @@ def sample_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def describe_sampler(method: str, options: dict[str, Any]) -> str:
+    """``method`` and its options as the commands print them, e.g. ``pc, num_steps=500, eps=0.1``."""
+    return ", ".join([method, *(f"{k}={v}" for k, v in options.items())])
+
+
 def run_sample(args: argparse.Namespace) -> int:
     """``diffscore sample``: a PNG grid and the raw samples (in a torchrun job, split over the processes)."""
     with distributed(args) as main:
@@ -64,7 +74,7 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
     shape = tuple(metadata.get("image_shape") or ())
     if not shape:
         raise ValueError("the model's config.json has no metadata.image_shape; cannot choose a sample shape")
-    options = sample_options(args)
+    options = sample_options(args, metadata)
     start = time.perf_counter()
     x, x_int = generate_samples(
         model,
@@ -83,10 +93,9 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
     nrow = args.nrow or math.ceil(math.sqrt(args.num))
     grid = save_image_grid(x_int, args.out, nrow=nrow, num_bins=num_bins)
     write_tensor(tensors, x, "samples")
-    print(
-        f"{args.num} samples ({args.method}) in {time.perf_counter() - start:.1f} s: "
-        f"wrote {grid} and {tensors}"
-    )
+    seconds = time.perf_counter() - start
+    sampler = describe_sampler(args.method, options)
+    print(f"{args.num} samples ({sampler}) in {seconds:.1f} s: wrote {grid} and {tensors}")
     return 0
 
 
@@ -175,7 +184,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--method",
         default="ode",
-        help="ode, sde, pc, heun, dpm_solver, dpmpp, unipc, sde_dpmpp_2m, sde_adaptive (docs/samplers.md)",
+        help="ode, sde, pc, heun, dpm_solver, dpmpp, unipc, sde_dpmpp_2m, sde_adaptive (docs/samplers.md); "
+        "the training run's sampler (pc for diffscore train) comes with the run's options",
     )
     add_sampler_args(p)
     p.add_argument("--nrow", type=positive_int, default=None)

@@ -30,14 +30,17 @@ from .common import (
     add_model_arg,
     add_runtime_args,
     check_outputs,
+    check_samples,
     data_info,
     load_model,
     model_dir,
     positive_int,
 )
-from .generate import add_sampler_args, sample_options
+from .generate import add_sampler_args, describe_sampler, sample_options
 
 SPLITS = ("train", "validation", "test")
+#: The fewest images the metrics take (KID's jackknife needs 3 per set).
+MIN_IMAGES = 3
 
 
 def _evaluator(args: argparse.Namespace, metadata: dict[str, Any]) -> tuple[QualityEvaluator, str]:
@@ -95,28 +98,35 @@ def run_fid(args: argparse.Namespace) -> int:
     check_outputs(
         [(args.output, (".json",), "--output"), (args.save_reference, (".safetensors",), "--save-reference")]
     )
+    if args.samples is None and args.num < MIN_IMAGES:
+        raise ValueError(
+            f"--num must be at least {MIN_IMAGES} (KID's jackknife needs 3 images), got {args.num}"
+        )
     model, metadata = load_model(args)
+    images = None
+    if args.samples is not None and not Path(args.samples).is_dir():  # checked before the extractor
+        images = read_tensor(args.samples, ("samples_int", "samples"))
+        images = check_samples(images, metadata, "--samples", MIN_IMAGES)
     ev, label = _evaluator(args, metadata)
     reference, against = _reference(args, metadata, ev)
     if args.save_reference is not None:
         reference.save(args.save_reference, metadata={"extractor": label, "reference": against})
     start = time.perf_counter()
     if args.samples is not None:
-        path = Path(args.samples)
-        images = (
-            _folder_images(args.samples, metadata, ev)
-            if path.is_dir()
-            else read_tensor(path, ("samples_int", "samples"))
-        )
+        if images is None:
+            images = check_samples(
+                _folder_images(args.samples, metadata, ev), metadata, "--samples", MIN_IMAGES
+            )
         what = f"{images.shape[0]} images of {args.samples}"
     else:
         num_bins, data_range = data_info(metadata)
         shape = tuple(metadata.get("image_shape") or ())
+        options = sample_options(args, metadata)
         _, images = generate_samples(
             model, args.num, shape, num_bins, data_range, args.method, args.seed,
-            batch_size=args.batch_size, progress=not args.no_progress, **sample_options(args),
+            batch_size=args.batch_size, progress=not args.no_progress, **options,
         )  # fmt: skip
-        what = f"{args.num} samples ({args.method})"
+        what = f"{args.num} samples ({describe_sampler(args.method, options)})"
     scores = ev.score(images, reference).to_dict()
     kid = f"KID x 1e3 {1e3 * scores['kid']:.2f} +- {1e3 * scores['kid_std_err']:.2f}"
     score = "" if scores["is"] is None else f"  IS {scores['is']:.2f} +- {scores['is_std']:.2f}"
@@ -150,7 +160,9 @@ def add_commands(sub: Any) -> None:
         "--samples", default=None, help="score these images (a folder or tensor file), not new samples"
     )
     p.add_argument("--num", type=positive_int, default=1000, help="samples to draw (default 1000)")
-    p.add_argument("--method", default="pc", help="the sampler (see diffscore sample)")
+    p.add_argument(
+        "--method", default="pc", help="the sampler (see diffscore sample; the run's own with its options)"
+    )
     add_sampler_args(p)
     p.add_argument(
         "--extractor", choices=("digits", "inception"), default=None, help="default: digits for digits models"
