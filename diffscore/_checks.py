@@ -1,13 +1,15 @@
 """Argument validation and random draws shared by the math modules.
 
-Everything here runs before or after a solve, never inside a solver step, except ``check_finite``
-which the dynamics objects call on every evaluation (a host sync; see its docstring).
+Everything here runs before or after a solve, never inside a solver step, except ``check_finite`` and
+``check_state_and_score``, which the dynamics objects call on every evaluation (a host sync; see their
+docstrings), and ``check_score_output`` / ``CheckedScore``, which read a score's shape and dtype on every
+evaluation (metadata only: no device work, no sync).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -63,6 +65,95 @@ def check_eps(eps: float, T: float, name: str = "eps") -> float:
     if not (0.0 <= eps < T):
         raise ValueError(f"{name} must lie in [0, T) = [0, {T}), got {eps}")
     return eps
+
+
+def check_solve_eps(sde, eps: float, name: str = "eps") -> float:
+    """Validate the end time of a solve whose solver may evaluate the score at ``eps`` itself (the
+    torchdiffeq and torchsde solves, the adaptive reverse SDE, encoding and the likelihood): a real
+    number in [0, T) with ``std(eps) > 0``.
+
+    Where ``std(t) = 0`` (t = 0 for VP, sub-VP and VE with the exact kernel) the score of any data
+    distribution without a density is singular, and a network's score is ``out / std`` clamped at a tiny
+    floor: the solve would fail near t = 0 with an obscure "implausibly large state", or return garbage.
+    The fixed-grid samplers that never use the score at a zero std (``heun``'s last Euler step to
+    sigma = 0, ``pc``'s corrector whose step is proportional to ``std(eps)^2``) keep eps = 0.
+
+    Raises:
+        TypeError: ``eps`` is not a real number.
+        ValueError: ``eps`` outside [0, T), or ``std(eps) == 0``; the message names ``name``.
+    """
+    eps = check_eps(eps, sde.T, name)
+    std = float(sde._var(torch.tensor([eps], dtype=torch.float64)).sqrt()[0])
+    if not std > 0.0:
+        raise ValueError(
+            f"{name} = {eps:g} is a time where the SDE's std(t) is 0, so the score is singular there and "
+            f"the solver evaluates it at {name}: use {name} > 0 (e.g. 1e-5 for a likelihood, 1e-3 for "
+            "sampling)"
+        )
+    return eps
+
+
+def check_latent(name: str, z: Tensor, prior_std: float) -> None:
+    """Raise unless ``z`` is a plausible state at time T: :func:`check_data`, and every entry strictly
+    inside the solvers' plausible bound ``|z| < state_limit(prior_std)`` (1e4 prior stds; a prior draw
+    exceeds 10 prior stds with probability 1.5e-23 per entry).
+
+    Raises:
+        TypeError / ValueError: as :func:`check_data`; ValueError naming ``name`` and the bound when an
+            entry of ``z`` is at or beyond it.
+    """
+    check_data(name, z)
+    limit = state_limit(prior_std)
+    big = float(z.detach().abs().amax())
+    if not big < limit:
+        raise ValueError(
+            f"{name} has an entry of magnitude {big:.6g}: not a plausible state at T (entries must satisfy "
+            f"|{name}| < {limit:.6g}, {PLAUSIBLE_FACTOR:g} x the prior std {float(prior_std):g})"
+        )
+
+
+def check_score_output(s: object, x: Tensor, name: str = "score") -> Tensor:
+    """Return ``s`` if it is a floating tensor shaped exactly like the state ``x``, else raise naming
+    ``name``. Reads metadata only (no reduction, no host sync), so it runs on every score evaluation:
+    a score whose output shape depends on t or on the batch is caught at the first bad call.
+
+    Raises:
+        TypeError: ``s`` is not a tensor (e.g. None) or not floating-point.
+        ValueError: ``s.shape != x.shape`` ("score returned shape (...) for a state of shape (...)"),
+            which would otherwise broadcast silently into a wrong result.
+    """
+    if not isinstance(s, Tensor):
+        raise TypeError(
+            f"{name} returned {type(s).__name__}, not a tensor: {name}(x, t) must return a tensor "
+            "shaped like x"
+        )
+    if not s.is_floating_point():
+        raise TypeError(
+            f"{name} returned a tensor of dtype {s.dtype}: {name}(x, t) must return a floating-point tensor"
+        )
+    if s.shape != x.shape:
+        raise ValueError(f"{name} returned shape {tuple(s.shape)} for a state of shape {tuple(x.shape)}")
+    return s
+
+
+class CheckedScore:
+    """``score(x, t)`` with its output checked by :func:`check_score_output` on every call, and a call
+    counter ``nfe`` (on the host). The samplers wrap the user's score in it once, at entry.
+
+    Raises:
+        TypeError: at construction, if ``score`` is not callable.
+    """
+
+    def __init__(self, score: Callable[[Tensor, Tensor], Tensor], name: str = "score") -> None:
+        if not callable(score):
+            raise TypeError(f"{name} must be callable: {name}(x, t) -> like x")
+        self.score = score
+        self.name = name
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return check_score_output(self.score(x, t), x, self.name)
 
 
 def check_data(name: str, x: Tensor, min_ndim: int = 2) -> None:

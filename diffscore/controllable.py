@@ -25,12 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import (
+    CheckedScore,
     FiniteMonitor,
     Generator,
     bcast,
     check_data,
     check_eps,
+    check_latent,
     check_positive,
+    check_score_output,
     rand,
     randn,
     state_limit,
@@ -119,7 +122,10 @@ def inpaint(
 
     Raises:
         ValueError / TypeError: a mask of the wrong shape or with entries outside {0, 1}, bad
-            ``x_known`` / ``x_T`` / ``eps``, an unknown ``known_noise``, and the errors of ``pc_sample``.
+            ``x_known`` / ``x_T`` / ``eps`` (an ``x_T`` entry at or beyond the samplers' plausible
+            bound ``1e4 x sde.prior_std`` included), an unknown ``known_noise``, and the errors of
+            ``pc_sample`` (a ``score`` returning a non-tensor: TypeError; a tensor not shaped like the
+            state: ValueError "score returned shape (...) for a state of shape (...)").
         FloatingPointError: a predicted known state past the state bound (above), naming its time.
     """
     check_data("x_known", x_known)
@@ -133,7 +139,7 @@ def inpaint(
     if x_T is None:
         x_T = sde.prior_sample(x_known.shape, generator, x_known.device, x_known.dtype)
     else:
-        check_data("x_T", x_T)
+        check_latent("x_T", x_T, sde.prior_std)
         if x_T.shape != x_known.shape:
             raise ValueError(
                 f"x_T must be shaped like x_known {tuple(x_known.shape)}, got {tuple(x_T.shape)}"
@@ -243,8 +249,9 @@ def colorize(
         (B, C, *spatial) color images whose projection ``weights . x`` equals ``gray`` up to rounding.
 
     Raises:
-        ValueError / TypeError: ``gray`` not shaped (B, 1, ...), bad ``weights``, and the errors of
-            :func:`inpaint`.
+        ValueError / TypeError: ``gray`` not shaped (B, 1, ...), bad ``weights``, a ``score`` returning a
+            non-tensor (TypeError) or a tensor not shaped like the color state (ValueError), and the
+            errors of :func:`inpaint`.
     """
     check_data("gray", gray, min_ndim=2)
     if gray.shape[1] != 1:
@@ -258,11 +265,14 @@ def colorize(
     mask = torch.zeros((1, shape[1]) + (1,) * (gray.ndim - 2), dtype=gray.dtype, device=gray.device)
     mask[:, 0] = 1
 
+    # checked in color space, before the rotation (whose einsum would broadcast a wrong channel count)
+    color_score = CheckedScore(score)
+
     def rotated_score(y: Tensor, t: Tensor) -> Tensor:
-        return _to_basis(q, score(_from_basis(q, y), t))
+        return _to_basis(q, color_score(_from_basis(q, y), t))
 
     if x_T is not None:
-        check_data("x_T", x_T)
+        check_latent("x_T", x_T, sde.prior_std)
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must be shaped {shape}, got {tuple(x_T.shape)}")
         x_T = _to_basis(q, x_T)
@@ -302,8 +312,10 @@ def conditional_score(score: ScoreFn, log_prob_y: LogProbFn, scale: float = 1.0)
         ``cond(x, t) -> like x``. The gradient is taken with autograd even under ``torch.no_grad()``.
 
     Raises:
-        TypeError: non-callable ``score`` / ``log_prob_y`` or a non-real ``scale``; ValueError: a
-            non-finite ``scale``, or (when called) ``log_prob_y`` not returning shape (B,).
+        TypeError: non-callable ``score`` / ``log_prob_y`` or a non-real ``scale``; (when called)
+            ``score`` returning a non-tensor. ValueError: a non-finite ``scale``; (when called)
+            ``log_prob_y`` not returning shape (B,), or ``score`` not returning the shape of x (it would
+            broadcast against the guidance gradient).
     """
     if not callable(score) or not callable(log_prob_y):
         raise TypeError("score and log_prob_y must be callable")
@@ -322,7 +334,7 @@ def conditional_score(score: ScoreFn, log_prob_y: LogProbFn, scale: float = 1.0)
                     f"log_prob_y must return shape (B,) = ({x.shape[0]},), got {tuple(logp.shape)}"
                 )
             (grad,) = torch.autograd.grad(logp.sum(), xg)
-        return score(x, t) + scale * grad
+        return check_score_output(score(x, t), x) + scale * grad
 
     return cond
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_state_and_score, state_limit
+from ._checks import check_finite, check_score_output, check_state_and_score, state_limit
 from .score import ScoreFn
 from .sde import SDE
 
@@ -57,11 +57,12 @@ def _check_sde_type(sde_type: str) -> str:
 class _Dynamics(nn.Module):
     """Holds the SDE, the score (registered as a submodule when it is one) and the NFE counter.
 
-    Every score evaluation is checked (one reduction per tensor, one host sync: the solvers that use
-    these objects synchronise every step anyway): the state must be finite with ``|x| <= limit``
-    (``1e4`` prior stds) and the score finite with ``|s| std(t)^2 <= 2 limit``; otherwise
-    FloatingPointError names t. ``last_t`` keeps the time of the latest evaluation (for error messages
-    of the adaptive solvers).
+    Every score evaluation is checked. Its output must be a floating tensor shaped like the state
+    (TypeError / ValueError naming the score, :func:`~diffscore._checks.check_score_output`; metadata
+    only). Then (one reduction per tensor, one host sync: the solvers that use these objects
+    synchronise every step anyway) the state must be finite with ``|x| <= limit`` (``1e4`` prior stds)
+    and the score finite with ``|s| std(t)^2 <= 2 limit``; otherwise FloatingPointError names t.
+    ``last_t`` keeps the time of the latest evaluation (for error messages of the adaptive solvers).
     """
 
     def __init__(self, sde: SDE, score: ScoreFn | None, needs_score: bool = True) -> None:
@@ -79,7 +80,7 @@ class _Dynamics(nn.Module):
     def _score(self, x: Tensor, t: Tensor) -> Tensor:
         self.nfe += 1
         self.last_t = t
-        s = self.score(x, t)
+        s = check_score_output(self.score(x, t), x)
         check_state_and_score(x, s, t, self.sde._var(t.detach()).sqrt(), self.limit)
         return s
 

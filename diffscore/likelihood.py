@@ -19,9 +19,18 @@ import torch
 import torchdiffeq
 from torch import Tensor
 from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's method table
-from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver
+from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESolver
 
-from ._checks import Generator, StepSizeUnderflowError, check_data, check_eps, check_positive, rand, randn
+from ._checks import (
+    Generator,
+    StepSizeUnderflowError,
+    check_data,
+    check_latent,
+    check_positive,
+    check_solve_eps,
+    rand,
+    randn,
+)
 from .dynamics import LikelihoodODE, ProbabilityFlowODE
 from .score import ScoreFn
 from .sde import SDE
@@ -36,6 +45,7 @@ __all__ = [
     "per_sample_norm",
     "DIVERGENCES",
     "PROBES",
+    "fixed_grid_methods",
 ]
 
 DIVERGENCES = ("exact", "hutchinson")
@@ -58,19 +68,47 @@ def per_sample_norm(batch: int, split: int | None = None):
     return norm
 
 
+def fixed_grid_methods() -> tuple[str, ...]:
+    """torchdiffeq's fixed-grid methods (subclasses of its ``FixedGridODESolver``: "euler", "midpoint",
+    "rk4", "explicit_adams", ...), read from the installed torchdiffeq's method table."""
+    return tuple(sorted(k for k, v in ODE_SOLVERS.items() if issubclass(v, FixedGridODESolver)))
+
+
 def _ode_kwargs(
-    rtol: float, atol: float, method: str, options: dict[str, Any] | None, norm, t_end: Tensor | None = None
+    rtol: float,
+    atol: float,
+    method: str,
+    options: dict[str, Any] | None,
+    norm,
+    t_end: Tensor | None = None,
+    name: str = "method",
 ) -> dict[str, Any]:
     """torchdiffeq keyword arguments; adaptive methods get the per-sample ``norm`` and a step boundary
     at ``t_end``, so no Runge-Kutta stage is evaluated past the end of the interval (there the dynamics
-    clamp t, a kink in the vector field that costs adaptive solvers 10-1000x their tolerance)."""
+    clamp t, a kink in the vector field that costs adaptive solvers 10-1000x their tolerance).
+
+    A fixed-grid method needs ``options["step_size"]`` (> 0) or ``options["grid_constructor"]``: without
+    either, torchdiffeq steps on the output times alone, i.e. ONE step from eps to T, silently. ``name``
+    is the argument that holds the method (``method``, or ``solver`` for ``sample_ode``).
+    """
     check_positive("rtol", rtol)
     check_positive("atol", atol)
     if not isinstance(method, str):
-        raise TypeError("method must be a torchdiffeq method name")
+        raise TypeError(f"{name} must be a torchdiffeq method name")
     if method not in ODE_SOLVERS:
-        raise ValueError(f"method must be one of {sorted(ODE_SOLVERS)}, got {method!r}")
+        raise ValueError(f"{name} must be one of {sorted(ODE_SOLVERS)}, got {method!r}")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
     opts = dict(options or {})
+    if issubclass(ODE_SOLVERS[method], FixedGridODESolver):
+        if opts.get("step_size") is None and opts.get("grid_constructor") is None:
+            raise ValueError(
+                f"{name}={method!r} is a fixed-step solver and no step was given: torchdiffeq would take "
+                f'a single step over the whole interval. Pass options={{"step_size": ...}} (e.g. 1e-3) '
+                f"or choose an adaptive {name} such as 'dopri5'"
+            )
+        if opts.get("step_size") is not None:
+            check_positive('options["step_size"]', opts["step_size"])
     if issubclass(ODE_SOLVERS[method], AdaptiveStepsizeODESolver):
         opts.setdefault("norm", norm)
         if t_end is not None:
@@ -139,13 +177,22 @@ def encode(
     number of steps); to differentiate through the flow, pass :class:`ProbabilityFlowODE` to
     ``torchdiffeq.odeint`` or ``odeint_adjoint`` yourself.
 
+    Args:
+        eps: the data time, in (0, T) where the SDE's std vanishes at 0 (VP, sub-VP, VE "exact").
+        rtol, atol, method, options: passed to ``torchdiffeq.odeint``. A fixed-grid ``method``
+            ("euler", "midpoint", "rk4", ..., :func:`fixed_grid_methods`) needs its step:
+            ``options={"step_size": h}`` (or ``"grid_constructor"``).
+
     Raises:
-        ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty), ``eps`` outside [0, T), bad
-            tolerances or an unknown ``method``.
-        FloatingPointError: if the score turns non-finite during the solve.
+        ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty); ``eps`` outside [0, T) or with
+            ``std(eps) = 0`` (the score is singular there); bad tolerances; an unknown ``method``, or a
+            fixed-grid one without ``options["step_size"]``; a ``score`` returning a non-tensor
+            (TypeError) or a tensor not shaped like the state (ValueError).
+        FloatingPointError: if the score or the state turns non-finite or implausibly large during the
+            solve.
     """
     check_data("x", x)
-    eps = check_eps(eps, sde.T)
+    eps = check_solve_eps(sde, eps)
     z, nfe = _solve_flow(sde, score, x, eps, sde.T, eps, rtol, atol, method, options)
     if stats is not None:
         stats["nfe"] = nfe
@@ -163,9 +210,19 @@ def decode(
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Decode latents z (B, *shape) at time T to data at time eps (the inverse of :func:`encode`)."""
-    check_data("z", z)
-    eps = check_eps(eps, sde.T)
+    """Decode latents z (B, *shape) at time T to data at time eps (the inverse of :func:`encode`).
+
+    Arguments as in :func:`encode`. ``z`` must be a plausible state at T: every entry strictly inside
+    the samplers' bound ``1e4 x sde.prior_std`` (:func:`~diffscore._checks.state_limit`).
+
+    Raises:
+        ValueError / TypeError: bad ``z`` (non-float, NaN/inf, empty, or an entry at or beyond the
+            plausible bound; the message names ``z`` and the bound), and the errors of :func:`encode`.
+        FloatingPointError: if the score or the state turns non-finite or implausibly large during the
+            solve.
+    """
+    check_latent("z", z, sde.prior_std)
+    eps = check_solve_eps(sde, eps)
     x, nfe = _solve_flow(sde, score, z, sde.T, eps, eps, rtol, atol, method, options)
     if stats is not None:
         stats["nfe"] = nfe
@@ -218,15 +275,19 @@ def log_likelihood(
             :class:`~diffscore.dynamics.LikelihoodODE`).
         probe: "rademacher" or "gaussian" (Hutchinson only).
         generator: torch.Generator or a list of B of them, for the probes.
+        eps: the data time, in (0, T) where the SDE's std vanishes at 0 (VP, sub-VP, VE "exact").
         rtol, atol, method, options: passed to ``torchdiffeq.odeint``; adaptive methods use a per-sample
-            error norm.
+            error norm. A fixed-grid ``method`` ("euler", "rk4", ...) needs ``options={"step_size": h}``.
 
     Raises:
-        ValueError / TypeError: bad x, unknown divergence/probe/method, eps outside [0, T), n_probes < 1.
+        ValueError / TypeError: bad x, unknown divergence/probe/method, a fixed-grid method without
+            ``options["step_size"]``, eps outside [0, T) or with ``std(eps) = 0`` (the score is singular
+            there), n_probes < 1; a ``score`` returning a non-tensor (TypeError) or a tensor not shaped
+            like the state (ValueError).
         FloatingPointError: a non-finite score or divergence during the solve (names the time).
     """
     check_data("x", x)
-    eps = check_eps(eps, sde.T)
+    eps = check_solve_eps(sde, eps)
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if probe not in PROBES:

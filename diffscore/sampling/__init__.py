@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import Generator, check_data, check_eps
+from .._checks import Generator, check_eps, check_latent
 from ..score import ScoreFn
 from ..sde import SDE, VESDE
 from .adaptive import sde_adaptive
@@ -102,7 +102,11 @@ def sample(
             "unipc" (UniPC), "sde_dpmpp_2m" (SDE-DPM-Solver++(2M)), "sde_adaptive" (adaptive reverse SDE).
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
         x_T: optional starting state at T, shaped ``shape``; default: a prior draw from ``generator``.
-        eps: end time in [0, T); default :func:`default_eps`.
+            Its entries must lie strictly inside the samplers' plausible bound ``1e4 x sde.prior_std``.
+        eps: end time in [0, T); default :func:`default_eps`. The torchdiffeq / torchsde methods ("ode",
+            "sde", "sde_adaptive") evaluate the score at eps and refuse an eps where ``std(eps) = 0``
+            (t = 0 for VP, sub-VP and VE "exact"); "heun" and "pc" accept it (they never use the score
+            at a zero std with a nonzero weight).
         device, dtype: of the prior draw (ignored when ``x_T`` is given).
         options: passed to the method (e.g. ``num_steps``, ``order``, ``grid`` for the fixed-step
             samplers, ``rtol``, ``solver`` for the inner solver, ``stats`` a dict that receives ``nfe``).
@@ -111,8 +115,12 @@ def sample(
         Samples shaped ``shape``.
 
     Raises:
-        ValueError / TypeError: unknown ``method``, bad ``shape``, ``eps`` outside [0, T), ``x_T`` of
-            the wrong shape or with NaN/inf, and the method's own argument errors.
+        ValueError / TypeError: unknown ``method``, bad ``shape``, ``eps`` outside [0, T) (or with
+            ``std(eps) = 0`` for "ode", "sde", "sde_adaptive"), ``x_T`` of the wrong shape, with NaN/inf
+            or with an entry at or beyond the plausible bound (the message names ``x_T`` and the
+            bound); a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state
+            (ValueError, "score returned shape (...) for a state of shape (...)"); and the method's own
+            argument errors (e.g. "ode" with a fixed-grid ``solver`` and no ``options["step_size"]``).
         FloatingPointError: the state or the score turned non-finite or implausibly large (beyond 1e4
             prior stds); the message names the time.
     """
@@ -125,7 +133,7 @@ def sample(
     if x_T is None:
         x_T = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)
     else:
-        check_data("x_T", x_T)
+        check_latent("x_T", x_T, sde.prior_std)
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must be shaped {shape}, got {tuple(x_T.shape)}")
     return METHODS[method](sde, score, x_T, eps, generator, **options)

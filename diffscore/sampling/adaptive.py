@@ -19,7 +19,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import Generator, StepSizeUnderflowError, bcast, check_int, check_positive, randn, state_limit
+from .._checks import (
+    CheckedScore,
+    Generator,
+    StepSizeUnderflowError,
+    bcast,
+    check_int,
+    check_positive,
+    check_solve_eps,
+    randn,
+    state_limit,
+)
 from ..score import ScoreFn
 from ..sde import SDE
 from .fast import _check_sde_state
@@ -95,7 +105,9 @@ def sde_adaptive(
 
     Raises:
         ValueError / TypeError: non-positive tolerances, ``h_init``, ``safety``, ``exponent``; ``norm``
-            < 1; ``eps`` outside [0, T); a bad ``sde``/``score``/``x_T``/``generator``.
+            < 1; ``eps`` outside [0, T) or with ``std(eps) = 0``; a bad ``sde``/``score``/``x_T``/
+            ``generator``; a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like
+            the state (ValueError).
         FloatingPointError: the state or the error estimate turned non-finite, or the state left the
             plausible range ``|x| <= 1e4 prior stds`` (names the time of the first bad sample).
         StepSizeUnderflowError: a sample's step size fell below what its time resolves (``t - h == t``).
@@ -103,6 +115,7 @@ def sde_adaptive(
             step sizes reached).
     """
     _check_sde_state(sde, score, x_T)
+    score = CheckedScore(score)  # raises naming the score for an output not shaped like the state
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     h_init, safety = check_positive("h_init", h_init), check_positive("safety", safety)
     exponent = check_positive("exponent", exponent)
@@ -112,8 +125,8 @@ def sde_adaptive(
     brownian_memory = check_int("brownian_memory", brownian_memory, 0)
     if brownian_memory == 1:
         raise ValueError("brownian_memory must be 0 (no memory) or >= 2")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps!r}")
+    # the second stage evaluates the score at t_next = eps: refused where std(eps) = 0
+    eps = check_solve_eps(sde, eps)
     b = x_T.shape[0]
     kw = dict(dtype=x_T.dtype, device=x_T.device)
     t = torch.full((b,), sde.T, **kw)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, check_int, check_positive, state_limit
+from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, check_positive, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 
@@ -99,11 +99,13 @@ class _NoisePrediction:
     """
 
     def __init__(self, score: ScoreFn) -> None:
-        self.score = score
-        self.nfe = 0
+        self.score = CheckedScore(score)  # raises naming the score for a wrong shape or dtype
+
+    @property
+    def nfe(self) -> int:
+        return self.score.nfe
 
     def __call__(self, x: Tensor, t: Tensor, neg_std: Tensor) -> Tensor:
-        self.nfe += 1
         return torch.mul(self.score(x, t), neg_std)
 
 
@@ -146,7 +148,8 @@ def heun(
         Samples shaped like ``x_T``: at t = 0 (``denoise``) or at t = eps.
 
     Raises:
-        ValueError / TypeError: ``num_steps`` < 2, ``rho`` <= 0, a bad ``sde``/``score``/``x_T``.
+        ValueError / TypeError: ``num_steps`` < 2, ``rho`` <= 0, a bad ``sde``/``score``/``x_T``;
+            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite (names the first bad time).
     """
     _check_sde_state(sde, score, x_T)
@@ -265,7 +268,8 @@ def dpm_solver(
 
     Raises:
         ValueError / TypeError: eps = 0, both or neither-valid ``num_steps``/``nfe``, bad ``order`` or
-            ``skip_type``, a bad ``sde``/``score``/``x_T``.
+            ``skip_type``, a bad ``sde``/``score``/``x_T``; a ``score`` returning a non-tensor
+            (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite (names the first bad time).
     """
     _check_sde_state(sde, score, x_T)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, check_int, randn, state_limit
+from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 from .fast import _batch_times, _check_sde_state
@@ -66,11 +66,13 @@ class _DataPrediction:
     """``m(x, t_i) = (x + std_i^2 score(x, t_i)) / alpha_i`` with a call counter."""
 
     def __init__(self, score: ScoreFn, grid: _Grid) -> None:
-        self.score, self.grid = score, grid
-        self.nfe = 0
+        self.score, self.grid = CheckedScore(score), grid  # raises naming the score for a wrong shape
+
+    @property
+    def nfe(self) -> int:
+        return self.score.nfe
 
     def __call__(self, x: Tensor, i: int) -> Tensor:
-        self.nfe += 1
         g = self.grid
         return torch.add(x, self.score(x, g.tb[i]), alpha=g.std[i] ** 2).mul_(1.0 / g.alpha[i])
 
@@ -170,7 +172,8 @@ def dpmpp(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
-        ValueError / TypeError: bad ``order``, ``num_steps``, ``grid``, ``eps`` or ``sde``/``score``/``x_T``.
+        ValueError / TypeError: bad ``order``, ``num_steps``, ``grid``, ``eps`` or ``sde``/``score``/``x_T``;
+            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
     """
     n = _check_common(sde, score, x_T, eps, num_steps, grid)
@@ -296,7 +299,8 @@ def unipc(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
-        ValueError / TypeError: bad ``order``, ``variant``, ``num_steps``, ``grid``, ``eps`` or inputs.
+        ValueError / TypeError: bad ``order``, ``variant``, ``num_steps``, ``grid``, ``eps`` or inputs;
+            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
     """
     n = _check_common(sde, score, x_T, eps, num_steps, grid)
@@ -384,7 +388,8 @@ def sde_dpmpp_2m(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
-        ValueError / TypeError: bad ``num_steps``, ``grid``, ``eps``, ``generator`` or inputs.
+        ValueError / TypeError: bad ``num_steps``, ``grid``, ``eps``, ``generator`` or inputs;
+            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
     """
     n = _check_common(sde, score, x_T, eps, num_steps, grid)

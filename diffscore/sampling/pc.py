@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import FiniteMonitor, Generator, bcast, check_positive, randn, state_limit
+from .._checks import CheckedScore, FiniteMonitor, Generator, bcast, check_positive, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 from .grids import check_grid, time_grid
@@ -206,18 +206,6 @@ CORRECTORS: dict[str, Corrector | None] = {
 }
 
 
-class _Counted:
-    """Counts score evaluations on the host (no sync)."""
-
-    def __init__(self, score: ScoreFn) -> None:
-        self.score = score
-        self.nfe = 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.score(x, t)
-
-
 @torch.no_grad()
 def pc_sample(
     sde: SDE,
@@ -264,7 +252,9 @@ def pc_sample(
 
     Raises:
         ValueError / TypeError: unknown ``predictor``, ``corrector`` or ``grid``, ``snr`` <= 0,
-            ``num_steps`` < 1, ``n_steps`` < 0.
+            ``num_steps`` < 1, ``n_steps`` < 0; a ``score`` that is not callable, or that returns a
+            non-tensor (TypeError) or a tensor not shaped like the state (ValueError, "score returned
+            shape (...) for a state of shape (...)").
         FloatingPointError: the state went non-finite or beyond ``1e4`` prior stds (raised after the
             loop, naming the time of the first bad step).
     """
@@ -277,11 +267,9 @@ def pc_sample(
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
         raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
-    if not callable(score):
-        raise TypeError("score must be callable: score(x, t) -> like x")
+    score = CheckedScore(score)  # counts evaluations and checks each output's shape and dtype
     check_grid(grid, sde, eps)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    score = _Counted(score)
     sch = PCSchedule.build(sde, eps, num_steps, x_T, grid)
     monitor = FiniteMonitor("PC sampler state", state_limit(sde.prior_std))
     x = x_T

@@ -12,7 +12,7 @@ from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's met
 from torchsde import BrownianInterval
 from torchsde.types import Scalar
 
-from .._checks import Generator, check_positive, generators, seed_from
+from .._checks import Generator, check_positive, check_solve_eps, generators, seed_from
 from ..dynamics import ProbabilityFlowODE, ReverseSDE
 from ..likelihood import _ode_kwargs, _odeint, per_sample_norm
 from ..score import ScoreFn
@@ -210,7 +210,9 @@ def sample_sde(
     Returns the state at eps, shaped like ``x_T``. ``stats["nfe"]`` gets the score evaluations.
 
     Raises:
-        ValueError / TypeError: an unknown ``solver`` or ``grid``, bad ``num_steps`` or tolerances.
+        ValueError / TypeError: an unknown ``solver`` or ``grid``, bad ``num_steps`` or tolerances;
+            ``eps`` outside [0, T) or with ``std(eps) = 0`` (the score is singular there);
+            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: a non-finite or implausibly large state or score (names the time).
     """
     if solver not in SDE_METHODS:
@@ -219,6 +221,7 @@ def sample_sde(
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     check_positive("rtol", rtol)
     check_positive("atol", atol)
+    eps = check_solve_eps(sde, eps)
     check_grid(grid, sde, eps)
     shape = tuple(x_T.shape[1:])
     y0 = x_T.reshape(x_T.shape[0], -1)
@@ -258,19 +261,24 @@ def sample_ode(
 
     ``solver`` is a torchdiffeq method. Deterministic given x_T (``generator`` only draws x_T in
     :func:`~diffscore.sample`). Adaptive methods use a per-sample error norm, so each sample meets the
-    tolerance on its own.
+    tolerance on its own. A fixed-grid method ("euler", "midpoint", "rk4", ...) needs its step:
+    ``options={"step_size": h}`` (or torchdiffeq's ``"grid_constructor"``).
 
     Raises:
-        ValueError / TypeError: an unknown ``solver``, bad tolerances.
+        ValueError / TypeError: an unknown ``solver``, bad tolerances, a fixed-grid ``solver`` without
+            ``options["step_size"]`` / ``options["grid_constructor"]``; ``eps`` outside [0, T) or with
+            ``std(eps) = 0`` (the score is singular there); a ``score`` returning a non-tensor
+            (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: a non-finite or implausibly large state or score (names the time);
             :class:`~diffscore._checks.StepSizeUnderflowError` when the adaptive step size underflows.
     """
     del generator
     if solver not in ODE_SOLVERS:
         raise ValueError(f"solver must be one of {sorted(ODE_SOLVERS)} for method='ode', got {solver!r}")
+    eps = check_solve_eps(sde, eps)
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
     ts = torch.tensor([sde.T, eps], dtype=x_T.dtype, device=x_T.device)
-    kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]), ts[-1])
+    kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]), ts[-1], name="solver")
     x = _odeint(flow, x_T, ts, flow, **kw)[-1]
     if stats is not None:
         stats["nfe"] = flow.nfe
