@@ -506,6 +506,7 @@ def _deep_config(model: Path) -> None:
         ("fid of 1 sample", "--num"),
         ("gray levels out of range", "--samples"),
         ("unknown flag", "diffscore sample: error: unrecognized arguments: --bogus"),
+        ("euler without a step", "--step-size"),
         ("classifier error prefix", "diffscore classifier train: error:"),
     ],
 )
@@ -542,6 +543,17 @@ def test_bad_input_is_one_line(tmp_path, capsys, reference, case, flag):
         "fid of 1 sample": ["fid", "--model", model, "--num", "1"],
         "gray levels out of range": ["fid", "--model", model, "--samples", str(levels)],
         "unknown flag": ["sample", "--model", model, "--bogus"],
+        "euler without a step": [
+            "decode",
+            "--model",
+            model,
+            "--input",
+            str(x255),
+            "--output",
+            "x.pt",
+            "--method",
+            "euler",
+        ],
         "classifier error prefix": ["classifier", "train", "--model", str(tmp_path / "none"), "--out", "c"],
     }[case]
     start = time.monotonic()

@@ -14,7 +14,7 @@ from ..data import quantize, save_image_grid
 from ..evaluation import generate_samples
 from ..evaluation.progress import SolveProgress
 from ..io import read_tensor, write_tensor
-from ..likelihood import decode, encode
+from ..likelihood import decode, encode, fixed_grid_methods
 from ..training import parse_value
 from .common import (
     DTYPES,
@@ -25,6 +25,7 @@ from .common import (
     data_info,
     distributed,
     load_model,
+    positive_float,
     positive_int,
 )
 
@@ -100,20 +101,28 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
 
 
 def _flow_args(args: argparse.Namespace) -> dict[str, Any]:
-    return dict(eps=args.eps, rtol=args.rtol, atol=args.atol, method=args.method)
+    if args.method in fixed_grid_methods() and args.step_size is None:
+        raise ValueError(
+            f"--method {args.method} is a fixed-step solver: give --step-size (e.g. 1e-3) or choose an "
+            "adaptive method such as dopri5"
+        )
+    options = None if args.step_size is None else {"step_size": args.step_size}
+    return dict(eps=args.eps, rtol=args.rtol, atol=args.atol, method=args.method, options=options)
 
 
 def _solve(args: argparse.Namespace, model: Any, flow: Any, x: torch.Tensor, label: str) -> tuple[Any, int]:
     """``flow`` (encode or decode) of ``x`` under ``model`` with a progress bar; returns (result, NFE)."""
     stats: dict[str, Any] = {}
+    solver = _flow_args(args)
     with torch.no_grad(), SolveProgress(label, enabled=not args.no_progress) as bar:
-        out = flow(model.sde, bar.wrap(model), x, stats=stats, **_flow_args(args))
+        out = flow(model.sde, bar.wrap(model), x, stats=stats, **solver)
     return out, stats["nfe"]
 
 
 def run_encode(args: argparse.Namespace) -> int:
     """``diffscore encode``: data file -> latent file."""
     check_outputs([(args.output, (".safetensors", ".pt"), "--output")])
+    _flow_args(args)  # the solver's flags, before any work
     model, metadata = load_model(args)
     x = read_tensor(args.input, ("x", "samples", "data"))
     x = check_images(x, metadata).to(args.device or "cpu", DTYPES[args.dtype])
@@ -126,6 +135,7 @@ def run_encode(args: argparse.Namespace) -> int:
 def run_decode(args: argparse.Namespace) -> int:
     """``diffscore decode``: latent file -> data file (and a PNG grid)."""
     check_outputs([(args.output, (".safetensors", ".pt"), "--output"), (args.png, (".png",), "--png")])
+    _flow_args(args)  # the solver's flags, before any work
     model, metadata = load_model(args)
     z = read_tensor(args.input, ("z", "latents"))
     z = check_images(z, metadata, data=False).to(args.device or "cpu", DTYPES[args.dtype])
@@ -212,6 +222,12 @@ def add_commands(sub: Any) -> None:
             default="dopri8",
             help="torchdiffeq method (default dopri8: on the trained digits model dopri5 at 1e-5 round-trips "
             "to ~6e-3 max abs, dopri8 to 2e-4, at about 4x the NFE; see docs/encoding.md)",
+        )
+        p.add_argument(
+            "--step-size",
+            type=positive_float,
+            default=None,
+            help="step of a fixed-step --method (euler, rk4, ...)",
         )
         if name == "decode":
             p.add_argument("--png", default=None, help="also write the decoded images as a PNG grid")
