@@ -256,7 +256,10 @@ def colorize(
     check_data("gray", gray, min_ndim=2)
     if gray.shape[1] != 1:
         raise ValueError(f"gray must be shaped (B, 1, *spatial), got {tuple(gray.shape)}")
-    w = torch.as_tensor(weights, dtype=gray.dtype, device=gray.device)
+    try:
+        w = torch.as_tensor(weights, dtype=gray.dtype, device=gray.device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"weights must be a 1-D sequence of C >= 2 numbers, got {weights!r}") from err
     if w.ndim != 1 or w.numel() < 2 or not bool(torch.isfinite(w).all()) or not bool((w != 0).any()):
         raise ValueError("weights must be a finite 1-D sequence of C >= 2 numbers, not all zero")
     q = gray_basis(w)

@@ -270,3 +270,21 @@ def test_eps_zero_stays_valid_where_it_is_legitimate():
     _, std = ve.marginal_coeffs(torch.tensor([0.0, ve.T], dtype=F64))
     v = 0.25 + std.square()
     torch.testing.assert_close(z, (v[1] / v[0]).sqrt() * x, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_an_unknown_option_is_refused_naming_it_and_the_methods_options(method):
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 2), 0.5).score_fn(sde)
+    with pytest.raises(
+        TypeError, match=rf"^method '{method}' has no option 'stepsize'; its options: .*stats$"
+    ):
+        ds.sample(sde, score, (2, 2), method=method, stepsize=0.1)
+
+
+@pytest.mark.parametrize("weights", ["abc", [[1.0, "x"]], object()])
+def test_colorize_weights_that_are_not_numbers_are_refused(weights):
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 3), 0.5).score_fn(sde)
+    with pytest.raises(TypeError, match="^weights must be a 1-D sequence"):
+        ds.colorize(sde, score, torch.zeros(2, 1, 1, 1), weights, num_steps=2)

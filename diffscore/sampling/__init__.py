@@ -5,6 +5,7 @@ Each method is a function ``fn(sde, score, x_T, eps, generator, **options) -> x`
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -136,4 +137,20 @@ def sample(
         check_latent("x_T", x_T, sde.prior_std)
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must be shaped {shape}, got {tuple(x_T.shape)}")
+    _check_options(method, options)
     return METHODS[method](sde, score, x_T, eps, generator, **options)
+
+
+def _check_options(method: str, options: dict[str, Any]) -> None:
+    """Raise TypeError naming an option that ``METHODS[method]`` does not take, with the ones it does."""
+    params = inspect.signature(METHODS[method]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY or n not in _POSITIONAL]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TypeError(f"method {method!r} has no option {unknown[0]!r}; its options: {', '.join(known)}")
+
+
+#: The arguments that :func:`sample` passes to every method itself.
+_POSITIONAL = ("sde", "score", "x_T", "eps", "generator")
