@@ -10,6 +10,7 @@ compared bitwise with an uninterrupted one (CPU training is deterministic: tests
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -250,6 +251,40 @@ def test_pruning_keeps_a_checkpoint_holding_a_users_file(tmp_path, capsys):
     assert (first / "mine.txt").read_text() == "mine"
     kept = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
     assert kept == ["step_00000005", "step_00000015", "step_00000020"]  # keep_checkpoints=2, plus the user's
+
+
+def test_a_bad_sampler_setting_stops_the_run_before_training_and_keeps_the_previous_one(
+    tmp_path, capsys, reference
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = _tree(run)
+    for setting in ("sample_options.bogus=1", "sample_options.num_steps=0", "sample_method=foo"):
+        rc, err = cli(capsys, *train_argv(run, "--overwrite", "--set", setting))
+        assert rc == 2 and len(err) == 1 and "sample_method / sample_options" in err[0], err
+        assert _tree(run) == before  # --overwrite deleted nothing
+    # in a new folder: refused before the first step, and the corrected command then runs there
+    fresh = tmp_path / "fresh"
+    rc, err = cli(capsys, *train_argv(fresh, "--set", "sample_options.eps=2"))
+    assert rc == 2 and "eps must lie in [0, T)" in err[0], err
+    assert not (fresh / "checkpoints").exists() and not (fresh / "metrics.jsonl").exists()
+    assert cli(capsys, *train_argv(fresh, "--set", "steps=5"))[0] == 0
+
+
+def test_sde_and_net_flags_replace_the_presets_options():
+    digits = ds.training.get_preset("digits")
+    assert digits.sde_options and digits.net_options  # the preset's options belong to its vp / mlp
+    ve = ds.training.apply_overrides(digits, ["sde=ve"])
+    assert ve.sde == "ve" and ve.sde_options == {} and ve.net_options == digits.net_options
+    net = ds.training.apply_overrides(digits, ["net=ddpmpp_digits"])
+    assert net.net_options == {} and net.sde_options == digits.sde_options
+    # options given with the new choice are kept, in either order
+    for overrides in (["sde=ve", "sde_options.sigma_max=20"], ["sde_options.sigma_max=20", "sde=ve"]):
+        assert ds.training.apply_overrides(digits, overrides).sde_options == {"sigma_max": 20}
+    # the same value is no change
+    assert ds.training.apply_overrides(digits, ["sde=vp"]).sde_options == digits.sde_options
 
 
 # ---- one run at a time ----------------------------------------------------------------------------------
@@ -596,3 +631,29 @@ def test_sixteen_bit_pngs_round_trip_at_full_depth(tmp_path):
     Image.fromarray(ramp).save(sixteen / "a.png")
     with pytest.raises(ValueError, match="channels=1"):
         ds.data.load_image_folder(sixteen, 16, channels=3)
+
+
+def test_the_gaussian_baseline_of_a_few_sixteen_bit_images_is_finite_and_exact():
+    # 4 images in D = 64 with 65536 bins: the fit's covariance is s^2 (Cov + I / 12) with s^2 = 1e-9,
+    # rank-3 data plus a tiny ridge (not positive definite in float32; the baseline works in float64)
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 65536, (4, 1, 8, 8), generator=g)
+    test = torch.randint(0, 65536, (3, 1, 8, 8), generator=g)
+    bpd = ds.evaluation.gaussian_baseline_bpd(train, test, 65536, (-1.0, 1.0))
+    # the closed form against its definition: mean of -log2 N(y) over dequantized draws y, per dim,
+    # plus the offset log2(num_bins) - log2(hi - lo); Monte-Carlo over 4000 draws, s.e. ~1e-3 bits/dim
+    s = 2 / 65536
+    mean, cov = ds.data.gaussian_moments(train, 65536, (-1.0, 1.0), torch.float64)
+    normal = torch.distributions.MultivariateNormal(mean, cov)
+    centres = -1 + s * (test.reshape(3, -1).double() + 0.5)
+    y = centres + s * (torch.rand((4000, 3, 64), generator=g, dtype=torch.float64) - 0.5)
+    mc = -normal.log_prob(y).mean(0) / (64 * math.log(2)) + 16 - 1
+    assert torch.isfinite(bpd).all()
+    assert torch.allclose(bpd, mc, atol=5e-3), (bpd, mc)
+
+
+def test_a_string_of_extensions_is_one_ending(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.jpg")  # ends in "g", not in ".png"
+    with pytest.raises(ValueError, match="no image"):
+        ds.data.load_image_folder(tmp_path, 8, channels=1, extensions=".png")
+    assert len(ds.data.load_image_folder(tmp_path, 8, channels=1, extensions=".JPG").images) == 1

@@ -31,7 +31,10 @@ def _config(args: argparse.Namespace, out: str) -> TrainConfig:
     overrides = [f"{flag}={getattr(args, flag)}" for flag in _FIELD_FLAGS if getattr(args, flag) is not None]
     overrides += list(args.set or [])
     if not args.resume:
-        return apply_overrides(get_preset(args.preset or "digits"), overrides)
+        config = apply_overrides(get_preset(args.preset or "digits"), overrides)
+        if args.sde is not None and config.objective == "ncsn":
+            raise ValueError("--sde does not apply to an ncsn run: its noise levels are the network's sigmas")
+        return config
     if args.preset is not None:
         raise ValueError("--preset starts a new run; --resume continues the run in --out with its own config")
     ckpt = latest_checkpoint(Path(out) / "checkpoints")

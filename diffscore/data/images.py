@@ -212,7 +212,7 @@ def load_image_folder(
         skip_bad: False (default) raises on the first file Pillow cannot read; True skips such files
             with one warning listing them.
         resample: Pillow filter name: "nearest", "box", "bilinear", "hamming", "bicubic", "lanczos".
-        extensions: file name endings to read (case-insensitive).
+        extensions: file name endings to read (case-insensitive); a string is one ending.
 
     Returns:
         ImageData with images (N, channels, image_size, image_size): uint8 in 0..255 and
@@ -235,6 +235,8 @@ def load_image_folder(
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
     if not root.is_dir():
         raise NotADirectoryError(f"root must be a folder, {str(root)!r} is not")
+    if isinstance(extensions, str):  # one ending, not its characters
+        extensions = (extensions,)
     endings = tuple(e.lower() for e in extensions)
 
     files = _image_files(root, endings)

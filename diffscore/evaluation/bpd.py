@@ -141,10 +141,14 @@ def gaussian_baseline_bpd(
     with ``P = Sigma^{-1}``; the bits/dim is that divided by ``D ln 2`` plus ``log2(num_bins) -
     log2(hi - lo)``, the same offset as :func:`diffscore.bits_per_dim`.
 
+    Computed in float64 unless ``dtype`` says otherwise: with many bins the dequantization term
+    ``s^2 I / 12`` is tiny beside the data covariance (16-bit images: 1e-10), and in float32 a fit to
+    fewer images than dimensions is then not numerically positive definite.
+
     Returns:
-        (N,) bits/dim of the test images.
+        (N,) bits/dim of the test images, in ``dtype`` (default float64).
     """
-    dtype = dtype or torch.get_default_dtype()
+    dtype = dtype or torch.float64
     lo, hi = (float(v) for v in data_range)
     s = (hi - lo) / num_bins
     mean, cov = gaussian_moments(train_int, num_bins, data_range, dtype)

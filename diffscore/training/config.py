@@ -139,7 +139,8 @@ class TrainConfig:
             raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {self.data_range}")
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every", "eval_batch_size"):
             check_int(name, getattr(self, name), 1)
-        for name in ("warmup", "keep_checkpoints", "num_samples", "quality_samples", "seed", "split_seed"):
+        check_int("num_samples", self.num_samples, 1)  # the grid of samples.png
+        for name in ("warmup", "keep_checkpoints", "quality_samples", "seed", "split_seed"):
             check_int(name, getattr(self, name), 0)
         for name in ("val_limit", "test_limit"):
             if getattr(self, name) is not None:
@@ -286,12 +287,16 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
     Values are parsed as JSON where possible (``1e-3``, ``true``, ``[0, 1]``, ``{"a": 1}``), else kept as
     strings. An int is accepted for a float field.
 
+    Setting ``net`` or ``sde`` to another value drops the config's ``net_options`` / ``sde_options`` (they
+    belong to its network and SDE) but keeps those that the overrides set.
+
     Raises:
         ValueError: malformed override, unknown field (the message lists the valid ones), or an
             invalid value. TypeError: a value of the wrong type.
     """
     d = config.to_dict()
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    given: dict[str, dict[str, Any]] = {}  # the entries of dict fields that the overrides set
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override must look like key=value, got {item!r}")
@@ -305,8 +310,14 @@ def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfi
             if not isinstance(d[head], dict):
                 raise ValueError(f"{head} is not a dict field, so {key!r} is not valid")
             d[head] = {**d[head], sub: value}
+            given.setdefault(head, {})[sub] = value
             continue
         d[head] = _coerce(head, fields[head].type, value, text)
+        if isinstance(d[head], dict):
+            given[head] = dict(d[head])
+    for name in ("net", "sde"):  # another network or SDE: the preset's options go, the ones given stay
+        if d[name] != getattr(config, name):
+            d[f"{name}_options"] = given.get(f"{name}_options", {})
     return TrainConfig.from_dict(d)
 
 

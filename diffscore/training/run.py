@@ -40,6 +40,8 @@ from ..io import (
     write_json,
     write_tensors,
 )
+from ..sampling import sample
+from ..sde import sde_from_config
 from .checkpoints import latest_checkpoint
 from .config import TrainConfig, load_splits
 from .trainer import Trainer
@@ -200,8 +202,9 @@ def _check_names(out: Path) -> None:
 
 def _start_fresh(out: Path, overwrite: bool) -> None:
     """Refuse to start over a previous run in ``out`` unless ``overwrite``, which deletes what it wrote."""
-    previous = [name for name in RUN_FILES if owns(out / name)]
-    if not previous:
+    # a run that failed before it trained (names claimed, at most its train_config.json written) is none
+    previous = [name for name in RUN_FILES if owns(out / name) and (out / name).exists()]
+    if previous in ([], ["train_config.json"]):
         return
     if not overwrite:
         raise FileExistsError(
@@ -234,15 +237,35 @@ def _open_run(
                 "run without --resume to start a new run"
             )
         trainer = Trainer.from_checkpoint(ckpt, out, config=config, **kwargs)
+        _check_sampler(trainer.config)
         echo(f"resuming from {ckpt} (step {trainer.step} of {trainer.config.steps})")
     else:
         if config is None:
             raise ValueError("a new run needs a config")
+        _check_sampler(config)  # before --overwrite deletes the previous run
         _start_fresh(out, overwrite)
         trainer = Trainer(config, out, **kwargs)
     if trainer.is_main:
         write_json(claim(out / "train_config.json"), trainer.config.to_dict())
     return trainer
+
+
+def _check_sampler(config: TrainConfig) -> None:
+    """Draw one 1-D sample with the run's ``sample_method`` and ``sample_options`` and the exact score of
+    N(0, 1) data, so that a bad sampler setting stops the run before training, not after it (an ncsn
+    run's annealed Langevin options are checked when it samples)."""
+    if config.objective != "dsm":
+        return
+    sde = sde_from_config({"name": config.sde, **config.sde_options})
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        alpha, std = sde._alpha_std(t)
+        return -x / (alpha**2 + std**2)[:, None]
+
+    try:
+        sample(sde, score, (1, 1), method=config.sample_method, **config.sample_options)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"sample_method / sample_options: {err}") from err
 
 
 def _announce(trainer: Trainer, echo: Callable[[str], None]) -> None:
