@@ -464,3 +464,92 @@ def test_score_model_floor_gives_the_finite_answer_at_t0_and_names_t():
         TypeError, match=re.escape("t must be a float, a 0-d tensor or a (B,) tensor, got list")
     ):
         model(x, [0.0, 0.0])
+
+
+# ---- 7. raw internal errors that now name the argument --------------------------------------------------
+
+
+def test_bits_per_dim_data_range_and_dtype_are_named():
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 4, dtype=F64), 0.5).score_fn(sde)
+    x_int = torch.zeros(2, 4, dtype=torch.long)
+    for bad in [(-1, 0, 1), ("-1", "1"), 1.0, (True, 2.0), "ab"]:
+        with pytest.raises(
+            TypeError, match=f"^{re.escape(f'data_range must be a pair of numbers (lo, hi), got {bad!r}')}$"
+        ):
+            ds.bits_per_dim(sde, score, x_int, data_range=bad)
+    for bad in [(1.0, 1.0), (0.0, float("nan"))]:
+        with pytest.raises(
+            ValueError, match=f"^{re.escape(f'data_range must be finite with lo < hi, got {bad!r}')}$"
+        ):
+            ds.bits_per_dim(sde, score, x_int, data_range=bad)
+    with pytest.raises(
+        TypeError,
+        match=re.escape("dtype must be a floating-point dtype (e.g. torch.float32), got torch.int64"),
+    ):
+        ds.bits_per_dim(sde, score, x_int, dtype=torch.int64)
+    # the data module shares the check
+    from diffscore import data as D
+
+    with pytest.raises(
+        TypeError, match=re.escape("data_range must be a pair of numbers (lo, hi), got (-1, 0, 1)")
+    ):
+        D.bin_centers(torch.tensor([0]), 17, data_range=(-1, 0, 1))
+
+
+_STATS_MESSAGE = "^stats must be a dict \\(it receives 'nfe'\\) or None, got list$"
+
+
+def test_stats_that_is_not_a_dict_is_refused_before_any_work():
+    sde = ds.VPSDE()
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+
+    x = torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        ds.decode(sde, score, x, stats=[])  # used to be "list indices must be integers"
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        ds.encode(sde, score, x, stats=[])
+    for method in sorted(METHODS):
+        with pytest.raises(TypeError, match=_STATS_MESSAGE):
+            ds.sample(sde, score, (2, 3), method=method, dtype=F64, stats=[])
+        with pytest.raises(TypeError, match=_STATS_MESSAGE):
+            METHODS[method](sde, score, x, 1e-3, None, stats=[])
+    from diffscore.sampling import annealed_langevin, annealed_langevin_inpaint, langevin_dynamics
+
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        langevin_dynamics(lambda x: -x, x, 0.1, 3, stats=[])
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        annealed_langevin(lambda x, s: -x, [1.0, 0.5], x, stats=[])
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        annealed_langevin_inpaint(lambda x, s: -x, [1.0, 0.5], x, torch.ones_like(x), stats=[])
+    assert calls == []
+    stats = {}
+    ds.sample(sde, score, (2, 3), method="heun", num_steps=2, dtype=F64, stats=stats)
+    assert stats == {"nfe": 3}  # 2 Heun steps, the last one Euler-only
+
+
+def test_shape_and_dtype_of_a_prior_draw_are_named():
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 2), 0.5).score_fn(sde)
+    shape_msg = "^shape must be a tuple or list of ints \\(B, \\*event_shape\\), got int$"
+    dtype_msg = re.escape("dtype must be a floating-point dtype (e.g. torch.float32), got torch.int64")
+    with pytest.raises(TypeError, match=shape_msg):
+        sde.prior_sample(4)
+    with pytest.raises(TypeError, match=shape_msg):
+        ds.sample(sde, score, 2)
+    with pytest.raises(TypeError, match=dtype_msg):
+        sde.prior_sample((4, 2), dtype=torch.long)
+    with pytest.raises(TypeError, match=dtype_msg):
+        ds.sample(sde, score, (4, 2), dtype=torch.int64)
+    with pytest.raises(TypeError, match="^dtype must be a floating-point torch.dtype, got str$"):
+        sde.prior_sample((4, 2), dtype="float32")
+    with pytest.raises(ValueError, match=re.escape("shape must be (B, ...) of positive ints, got ()")):
+        sde.prior_sample(())
+    with pytest.raises(ValueError, match=re.escape("shape must be (B, ...) of positive ints, got (4, 0)")):
+        sde.prior_sample([4, 0])
+    z = sde.prior_sample(torch.Size([3, 2]), generator=gen(0), dtype=F64)
+    assert torch.equal(z, torch.randn(3, 2, generator=gen(0), dtype=F64))  # prior_std = 1 for VP
