@@ -9,7 +9,9 @@ evaluation (metadata only: no device work, no sync).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -48,13 +50,91 @@ def check_int(name: str, value: int, low: int) -> int:
 
 
 def check_positive(name: str, value: float) -> float:
-    """Return ``float(value)`` or raise ValueError/TypeError naming ``name`` unless it is finite and > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Return ``float(value)`` or raise TypeError (not a real number; a bool is refused) or ValueError
+    (NaN, infinite or <= 0) naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not (value > 0.0 and value < float("inf")):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return value
+
+
+def check_real(name: str, value: float) -> float:
+    """Return ``float(value)``, or raise TypeError (not a real number; a bool is refused) or ValueError
+    (NaN or infinite), naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_data_range(data_range: Any, name: str = "data_range") -> tuple[float, float]:
+    """``(lo, hi)`` as floats: ``data_range`` must be a pair (tuple, list, ...) of real numbers (or
+    one-element tensors) with finite ``lo < hi``.
+
+    Raises:
+        TypeError: not a pair of real numbers (e.g. three values, a string, a bool), naming ``name``.
+        ValueError: a NaN or infinite end, or ``lo >= hi``, naming ``name``.
+    """
+    try:
+        values = tuple(data_range) if not isinstance(data_range, (str, bytes, dict)) else None
+    except TypeError:
+        values = None
+    if values is None or len(values) != 2 or not all(_is_real_scalar(v) for v in values):
+        raise TypeError(f"{name} must be a pair of numbers (lo, hi), got {data_range!r}")
+    lo, hi = (float(v) for v in values)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{name} must be finite with lo < hi, got {data_range!r}")
+    return lo, hi
+
+
+def _is_real_scalar(v: object) -> bool:
+    if isinstance(v, Tensor):
+        return v.numel() == 1 and v.dtype != torch.bool and not v.is_complex()
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_float_dtype(dtype: torch.dtype | None, name: str = "dtype") -> torch.dtype:
+    """``dtype``, or torch's default dtype when None; TypeError naming ``name`` unless it is a
+    floating-point ``torch.dtype`` (an integer dtype cannot hold a Gaussian draw)."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a floating-point torch.dtype, got {type(dtype).__name__}")
+    if not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point dtype (e.g. torch.float32), got {dtype}")
+    return dtype
+
+
+def check_shape(shape: Any, min_ndim: int = 1, name: str = "shape") -> tuple[int, ...]:
+    """``shape`` as a tuple: a tuple, list or torch.Size of at least ``min_ndim`` positive ints.
+
+    Raises:
+        TypeError: ``shape`` is not a tuple, list or torch.Size (e.g. a bare int), naming ``name``.
+        ValueError: fewer than ``min_ndim`` entries, or an entry that is not a positive int.
+    """
+    if not isinstance(shape, (tuple, list)):  # torch.Size is a tuple
+        raise TypeError(
+            f"{name} must be a tuple or list of ints (B, *event_shape), got {type(shape).__name__}"
+        )
+    shape = tuple(shape)
+    if len(shape) < min_ndim or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
+    ):
+        dims = "(B, *event_shape)" if min_ndim >= 2 else "(B, ...)"
+        raise ValueError(f"{name} must be {dims} of positive ints, got {shape}")
+    return shape
+
+
+def check_stats(stats: Any, name: str = "stats") -> dict | None:
+    """``stats`` if it is None or a dict (the solvers write ``stats["nfe"]`` into it); TypeError naming
+    ``name`` otherwise. Call it at entry, before any work."""
+    if stats is not None and not isinstance(stats, dict):
+        raise TypeError(f"{name} must be a dict (it receives 'nfe') or None, got {type(stats).__name__}")
+    return stats
 
 
 def check_eps(eps: float, T: float, name: str = "eps") -> float:
@@ -213,7 +293,13 @@ def check_finite(name: str, value: Tensor, t: Tensor | float) -> None:
 
 
 def as_time(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
-    """Broadcast a time (float, 0-d or (B,) tensor) to a (B,) tensor with ``like``'s dtype and device."""
+    """Broadcast a time (float, 0-d or (B,) tensor) to a (B,) tensor with ``like``'s dtype and device.
+
+    Reads metadata only (no host sync). Raises TypeError for a ``t`` that is neither a tensor nor a
+    real number (e.g. a list), ValueError for a tensor of another shape.
+    """
+    if not isinstance(t, Tensor) and (isinstance(t, bool) or not isinstance(t, numbers.Real)):
+        raise TypeError(f"t must be a float, a 0-d tensor or a (B,) tensor, got {type(t).__name__}")
     if isinstance(t, Tensor):
         t = t.to(dtype=like.dtype, device=like.device)
         if t.ndim == 0:

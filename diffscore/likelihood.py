@@ -25,9 +25,12 @@ from ._checks import (
     Generator,
     StepSizeUnderflowError,
     check_data,
+    check_data_range,
+    check_float_dtype,
     check_latent,
     check_positive,
     check_solve_eps,
+    check_stats,
     rand,
     randn,
 )
@@ -186,11 +189,13 @@ def encode(
     Raises:
         ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty); ``eps`` outside [0, T) or with
             ``std(eps) = 0`` (the score is singular there); bad tolerances; an unknown ``method``, or a
-            fixed-grid one without ``options["step_size"]``; a ``score`` returning a non-tensor
-            (TypeError) or a tensor not shaped like the state (ValueError).
+            fixed-grid one without ``options["step_size"]``; ``stats`` not a dict or None (TypeError);
+            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state
+            (ValueError).
         FloatingPointError: if the score or the state turns non-finite or implausibly large during the
             solve.
     """
+    check_stats(stats)
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
     z, nfe = _solve_flow(sde, score, x, eps, sde.T, eps, rtol, atol, method, options)
@@ -221,6 +226,7 @@ def decode(
         FloatingPointError: if the score or the state turns non-finite or implausibly large during the
             solve.
     """
+    check_stats(stats)
     check_latent("z", z, sde.prior_std)
     eps = check_solve_eps(sde, eps)
     x, nfe = _solve_flow(sde, score, z, sde.T, eps, eps, rtol, atol, method, options)
@@ -363,14 +369,14 @@ def bits_per_dim(
         likelihood_kwargs: passed to :func:`log_likelihood` (divergence, eps, rtol, atol, method, ...).
 
     Raises:
-        ValueError / TypeError: non-integer values, values outside [0, num_bins), num_bins < 2,
-            ``data_range`` with hi <= lo, an unknown ``dequantize``.
+        ValueError / TypeError: non-integer values, values outside [0, num_bins), num_bins < 2, an
+            unknown ``dequantize``; ``data_range`` not a pair of numbers (TypeError) or not finite with
+            lo < hi (ValueError); ``dtype`` not a floating-point dtype (TypeError).
     """
     if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
         raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-    lo, hi = (float(v) for v in data_range)
-    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-        raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {data_range!r}")
+    lo, hi = check_data_range(data_range)
+    dtype = check_float_dtype(dtype)
     if dequantize != "uniform":
         raise ValueError(
             f"dequantize must be 'uniform', got {dequantize!r} (a likelihood without dequantization is a "
@@ -378,7 +384,7 @@ def bits_per_dim(
         )
     if not isinstance(x_int, Tensor) or x_int.ndim < 2:
         raise TypeError("x_int must be a (B, *shape) tensor of integers")
-    xf = x_int.to(dtype or torch.get_default_dtype())
+    xf = x_int.to(dtype)
     if x_int.is_floating_point() and not bool((xf == xf.round()).all()):
         raise ValueError("x_int must hold integer values (got non-integers)")
     if not bool(((xf >= 0) & (xf < num_bins)).all()):

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, bcast
+from ._checks import as_time, bcast, check_positive
 from .io import (
     read_json,
     read_tensors,
@@ -45,7 +45,8 @@ class ScoreModel(nn.Module):
         sde: the forward SDE whose marginal std the parameterization uses.
         parameterization: one of ``"score"``, ``"noise"``, ``"scaled"`` (see ``PARAMETERIZATIONS``).
         min_std: floor on std(t) in the divisions of "noise" and "scaled", so t = 0 (std = 0) gives a
-            large finite score instead of inf.
+            large finite score instead of inf; a finite number > 0 (0 would divide by zero at t = 0,
+            NaN would turn every output into NaN).
         event_shape: the shape of one sample, e.g. (C, H, W), when known (from_pretrained takes it from
             the model's metadata): then ``model(x, t)`` checks ``x.shape[1:]``, so an unbatched image is
             refused instead of being read as a batch.
@@ -53,9 +54,11 @@ class ScoreModel(nn.Module):
     ``model(x, t)`` returns the score, shaped like x. ``t`` is a float, 0-d or (B,) tensor of times.
 
     Raises:
-        ValueError: for an unknown parameterization; when called, ``x`` not shaped (B, *event_shape).
-        TypeError: if ``net`` is not callable or ``sde`` is not an :class:`~diffscore.sde.SDE`; when
-            called, ``x`` of another floating dtype than the weights.
+        ValueError: for an unknown parameterization, a ``min_std`` that is not finite and > 0; when
+            called, ``x`` not shaped (B, *event_shape).
+        TypeError: if ``net`` is not callable, ``sde`` is not an :class:`~diffscore.sde.SDE` or
+            ``min_std`` is not a real number; when called, ``x`` of another floating dtype than the
+            weights, or ``t`` neither a number nor a tensor (metadata checks only: no host sync).
     """
 
     def __init__(
@@ -78,7 +81,7 @@ class ScoreModel(nn.Module):
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
-        self.min_std = float(min_std)
+        self.min_std = check_positive("min_std", min_std)
         self.event_shape = None if event_shape is None else tuple(int(s) for s in event_shape)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:

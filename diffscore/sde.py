@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +23,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import Generator, as_time, bcast, check_positive, randn
+from ._checks import (
+    Generator,
+    as_time,
+    bcast,
+    check_float_dtype,
+    check_positive,
+    check_real,
+    check_shape,
+    randn,
+)
 
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "SDES", "sde_to_config", "sde_from_config"]
 
@@ -63,15 +73,36 @@ class SDE(ABC):
         return self._log_alpha(t).exp(), self._var(t).sqrt()
 
     # ---- validation ------------------------------------------------------------------------------------
-    def _check_t(self, t: Tensor | float) -> Tensor:
-        if not isinstance(t, Tensor):
-            t = torch.tensor(float(t), dtype=torch.get_default_dtype())
-        elif not t.is_floating_point():
-            t = t.to(torch.get_default_dtype())
-        if bool(((t < 0) | (t > self.T) | torch.isnan(t)).any()):
-            raise ValueError(
-                f"t must lie in [0, T] = [0, {self.T}]; got values in [{float(t.min())}, {float(t.max())}]"
-            )
+    @staticmethod
+    def _as_tensor(t: Tensor | float, name: str = "t", like: Tensor | float | None = None) -> Tensor:
+        """A real number or a real tensor as a floating tensor (integers -> torch's default dtype; a
+        number takes the dtype and device of ``like`` when that is a tensor); TypeError naming ``name``
+        otherwise (a list, a string, a bool, a complex tensor). No sync."""
+        if isinstance(t, Tensor):
+            if t.dtype == torch.bool or t.is_complex():
+                raise TypeError(f"{name} must be a real tensor, got dtype {t.dtype}")
+            return t if t.is_floating_point() else t.to(torch.get_default_dtype())
+        if isinstance(t, bool) or not isinstance(t, numbers.Real):
+            raise TypeError(f"{name} must be a float or a tensor, got {type(t).__name__}")
+        if isinstance(like, Tensor) and like.is_floating_point():
+            return torch.tensor(float(t), dtype=like.dtype, device=like.device)
+        return torch.tensor(float(t), dtype=torch.get_default_dtype())
+
+    def _outside(self, t: Tensor) -> Tensor:
+        """Elementwise: t outside [0, T] or NaN (no sync)."""
+        return (t < 0) | (t > self.T) | torch.isnan(t)
+
+    def _range_error(self, t: Tensor, name: str) -> ValueError:
+        return ValueError(
+            f"{name} must lie in [0, T] = [0, {self.T}]; got values in [{float(t.min())}, {float(t.max())}]"
+        )
+
+    def _check_t(self, t: Tensor | float, name: str = "t") -> Tensor:
+        """``t`` as a floating tensor, checked to lie in [0, T] (one host sync); TypeError / ValueError
+        naming ``name`` otherwise."""
+        t = self._as_tensor(t, name)
+        if bool(self._outside(t).any()):
+            raise self._range_error(t, name)
         return t
 
     def _time(self, t: Tensor | float, batch: int, like: Tensor) -> Tensor:
@@ -92,7 +123,11 @@ class SDE(ABC):
         return bcast(self._f(self._time(t, x.shape[0], x)), x) * x
 
     def diffusion(self, t: Tensor | float) -> Tensor:
-        """Diffusion coefficient g(t), shaped like ``t`` ((B,) for a batch of times)."""
+        """Diffusion coefficient g(t), shaped like ``t`` ((B,) for a batch of times).
+
+        Raises TypeError for a ``t`` that is not a number or a tensor, ValueError for t outside [0, T]
+        or NaN (as every public method taking ``t``).
+        """
         return self._g2(self._check_t(t)).sqrt()
 
     def marginal_prob(self, x0: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -110,30 +145,97 @@ class SDE(ABC):
         return bcast(alpha, x0) * x0, std
 
     def marginal_coeffs(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
-        """``(alpha(t), std(t))`` with ``x_t = alpha(t) x_0 + std(t) z``; both shaped like ``t``."""
+        """``(alpha(t), std(t))`` with ``x_t = alpha(t) x_0 + std(t) z``; both shaped like ``t``.
+
+        Raises:
+            TypeError: ``t`` is not a real number or a real tensor (e.g. a list).
+            ValueError: ``t`` outside [0, T] or NaN.
+        """
         return self._alpha_std(self._check_t(t))
 
-    def sigma(self, t: Tensor) -> Tensor:
-        """Noise-to-signal ratio ``std(t) / alpha(t)`` (EDM's sigma; ``exp(-lambda)`` of DPM-Solver)."""
+    def sigma(self, t: Tensor | float) -> Tensor:
+        """Noise-to-signal ratio ``std(t) / alpha(t)`` (EDM's sigma; ``exp(-lambda)`` of DPM-Solver).
+        Errors as :meth:`marginal_coeffs`."""
         alpha, std = self.marginal_coeffs(t)
         return std / alpha
 
-    def t_from_sigma(self, sigma: Tensor) -> Tensor:
-        """Inverse of :meth:`sigma`: the time at which ``std / alpha`` equals ``sigma`` (>= 0)."""
-        sigma = torch.as_tensor(sigma)
-        if bool((sigma < 0).any()):
-            raise ValueError("sigma must be >= 0")
-        return self._t_from_sigma(sigma)
+    def _sigma_limit(self, dtype: torch.dtype) -> tuple[float, float]:
+        """``(sigma(T), the largest sigma accepted)`` for a sigma of ``dtype``: sigma(T) in float64 and
+        as :meth:`sigma` computes it in ``dtype`` (when finite there), the larger of the two times
+        ``1 + 4 eps(dtype)``."""
+        ts = [torch.tensor([self.T], dtype=d) for d in (torch.float64, dtype)]
+        s64, s_dt = (float(std[0] / alpha[0]) for alpha, std in (self._alpha_std(t) for t in ts))
+        s_dt = s_dt if math.isfinite(s_dt) else s64  # overflows in float16 (e.g. VE's expm1)
+        return s64, max(s64, s_dt) * (1.0 + 4.0 * torch.finfo(dtype).eps)
 
-    def transition(self, t_from: Tensor, t_to: Tensor) -> tuple[Tensor, Tensor]:
+    def t_from_sigma(self, sigma: Tensor | float) -> Tensor:
+        """Inverse of :meth:`sigma`: the time in [0, T] at which ``std / alpha`` equals ``sigma``.
+
+        ``sigma`` must lie in [0, sigma(T)]. A sigma above sigma(T) by rounding alone (at most
+        ``4 eps`` relative, eps of sigma's dtype, beyond sigma(T) computed in float64 or in sigma's
+        dtype, so ``t_from_sigma(sigma(T))`` works in every dtype) maps to T: the result is clamped to
+        [0, T]. One host sync per call (the check); the solvers use the unchecked ``_t_from_sigma``.
+        Levels below the smallest one (``sigma_min`` for VE ``kernel="sigma"``) map to t = 0.
+
+        Raises:
+            TypeError: ``sigma`` is not a real number or a real tensor.
+            ValueError: ``sigma`` negative, NaN, infinite or above sigma(T); the message names sigma
+                and sigma(T).
+        """
+        sigma = self._as_tensor(sigma, "sigma")
+        s_T, limit = self._sigma_limit(sigma.dtype)
+        if not bool((torch.isfinite(sigma) & (sigma >= 0) & (sigma <= limit)).all()):  # NaN fails
+            raise ValueError(
+                f"sigma must lie in [0, sigma(T)] = [0, {s_T:.9g}]; got values in "
+                f"[{float(sigma.min())}, {float(sigma.max())}]"
+            )
+        return self._t_from_sigma(sigma).clamp(0.0, self.T)
+
+    def transition(self, t_from: Tensor | float, t_to: Tensor | float) -> tuple[Tensor, Tensor]:
         """Exact forward kernel between two times: ``x_{t_to} | x_{t_from} ~ N(a x_{t_from}, s^2 I)``.
 
         Args:
-            t_from, t_to: (B,) times with ``0 <= t_from <= t_to <= T``.
+            t_from, t_to: floats, 0-d or (B,) tensors (broadcast together) with
+                ``0 <= t_from <= t_to <= T``: the kernel runs forward in time.
 
         Returns:
-            ``(a, s)`` shaped (B,). Used by the reverse-diffusion and ancestral predictors.
+            ``(a, s)`` shaped like the broadcast times. Used (once per solve) by the reverse-diffusion
+            and ancestral predictors. The check costs one host sync per call; the unchecked schedule
+            (``_log_alpha``, ``_var``) is the fast path inside loops.
+
+        Raises:
+            TypeError: a time that is not a real number or a real tensor.
+            ValueError: a time outside [0, T] or NaN, ``t_from > t_to`` (reversed times), times that
+                do not broadcast or lie on different devices; the message names ``t_from`` / ``t_to``.
         """
+        # a float takes the other time's dtype and device when that is a tensor
+        t_to = self._as_tensor(t_to, "t_to", like=t_from)
+        t_from = self._as_tensor(t_from, "t_from", like=t_to)
+        if t_from.device != t_to.device:
+            raise ValueError(f"t_from is on {t_from.device} but t_to is on {t_to.device}")
+        try:
+            torch.broadcast_shapes(t_from.shape, t_to.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"t_from of shape {tuple(t_from.shape)} and t_to of shape {tuple(t_to.shape)} do not "
+                "broadcast together"
+            ) from None
+        ok = torch.stack(
+            [~self._outside(t_from).any(), ~self._outside(t_to).any(), (t_from <= t_to).all()]
+        ).tolist()  # the one host sync
+        if not ok[0]:
+            raise self._range_error(t_from, "t_from")
+        if not ok[1]:
+            raise self._range_error(t_to, "t_to")
+        if not ok[2]:
+            bad = (t_from > t_to).broadcast_to(torch.broadcast_shapes(t_from.shape, t_to.shape))
+            i = bad.reshape(-1).nonzero()[0, 0]
+            f = float(t_from.broadcast_to(bad.shape).reshape(-1)[i])
+            to = float(t_to.broadcast_to(bad.shape).reshape(-1)[i])
+            raise ValueError(
+                f"transition needs t_from <= t_to (the kernel runs forward in time); got t_from = {f:g} "
+                f"> t_to = {to:g}"
+            )
         la0, la1 = self._log_alpha(t_from), self._log_alpha(t_to)
         a = (la1 - la0).exp()
         s2 = (self._var(t_to) - a.square() * self._var(t_from)).clamp_min(0)
@@ -149,7 +251,15 @@ class SDE(ABC):
         """Draw ``shape`` = (B, *event) from the prior N(0, prior_std^2 I).
 
         ``generator`` may be a list of B generators, one per sample.
+
+        Raises:
+            TypeError: ``shape`` not a tuple or list (e.g. a bare int); ``dtype`` not a floating-point
+                dtype; a bad ``generator``.
+            ValueError: ``shape`` empty or with an entry that is not a positive int; a generator list
+                whose length is not B.
         """
+        shape = check_shape(shape, 1)
+        dtype = check_float_dtype(dtype)
         return self.prior_std * randn(shape, generator, device, dtype)
 
     def prior_logp(self, z: Tensor) -> Tensor:
@@ -177,8 +287,9 @@ class VESDE(SDE):
             checkpoints (the data at t = 0 count as smoothed by sigma_min; std(0) = sigma_min).
 
     Raises:
-        ValueError: unless ``0 < sigma_min < sigma_max``, ``T > 0`` and ``kernel`` is one of
-            ``VE_KERNELS``.
+        TypeError: ``sigma_min``, ``sigma_max`` or ``T`` is not a real number (a bool is refused).
+        ValueError: unless they are finite, ``0 < sigma_min < sigma_max``, ``T > 0`` and ``kernel`` is
+            one of ``VE_KERNELS``.
     """
 
     def __init__(
@@ -230,14 +341,14 @@ class VPSDE(SDE):
     ``beta(t) = beta_min + t (beta_max - beta_min) / T`` (Song et al. 2021, eq. 32).
 
     Raises:
-        ValueError: unless ``0 <= beta_min <= beta_max``, ``beta_max > 0`` and ``T > 0``.
+        TypeError: ``beta_min``, ``beta_max`` or ``T`` is not a real number (a bool is refused).
+        ValueError: unless they are finite, ``0 <= beta_min <= beta_max``, ``beta_max > 0`` and
+            ``T > 0``.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0) -> None:
         super().__init__(T)
-        for name, v in (("beta_min", beta_min), ("beta_max", beta_max)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise TypeError(f"{name} must be a finite real number, got {v!r}")
+        beta_min, beta_max = check_real("beta_min", beta_min), check_real("beta_max", beta_max)
         if not (0 <= beta_min <= beta_max and beta_max > 0):
             raise ValueError(
                 f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, "

@@ -448,6 +448,133 @@ def test_dequantize_per_sample_generators_match_alone_and_in_batch():
         D.uniform_dequantize(x, 256, generator=[torch.Generator()])
 
 
+def _round_trip_fails(dtype, num_bins, lo, hi):
+    """Whether some bin's center is not finite or misses its bin in ``dtype``, by the documented
+    formulas (docs/data.md): center ``lo + (hi - lo) (k + 1/2) / num_bins`` and cell
+    ``floor((y - lo) / (hi - lo) num_bins)``, each computed in ``dtype`` (the library's guard is not
+    used here)."""
+    k = torch.arange(num_bins)
+    y = lo + (hi - lo) * (k.to(dtype) + 0.5) / num_bins
+    cell = torch.floor((y - lo) / (hi - lo) * num_bins).double().clamp(0, num_bins - 1).long()
+    return not (bool(torch.isfinite(y).all()) and torch.equal(cell, k))
+
+
+def _too_coarse(dtype, num_bins, lo, hi, use):
+    return re_escape(
+        f"dtype {dtype} is too coarse for num_bins={num_bins} on data_range=({lo:g}, {hi:g}): its spacing "
+        f"near the ends of the range is too large against the bin width {(hi - lo) / num_bins:.3g}, so "
+        f"some values would not quantize back to their bin; use {use} (or a finer dtype)"
+    )
+
+
+def re_escape(text):
+    import re
+
+    return "^" + re.escape(text) + "$"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "data_range", "sizes"),
+    [
+        (torch.bfloat16, (-1.0, 1.0), range(2, 300)),
+        (torch.bfloat16, (0.0, 255.0), range(2, 300)),
+        (torch.bfloat16, (-0.7, 0.9), range(2, 300)),
+        (torch.float16, (-1.0, 1.0), range(2, 1200)),
+        (torch.float16, (0.0, 255.0), range(2, 600)),
+        (torch.float16, (0.0, 1.0), [*range(2, 40), *range(1000, 1100), 2048, 4096, 65536]),
+        (torch.float32, (1000.0, 1001.0), [*range(2, 40), *range(1000, 70000, 2999)]),
+        (torch.float32, (-1.0, 1.0), [2, 17, 256, 4096, 65536, 2**20, 2**21]),
+        (torch.float64, (-1.0, 1.0), [2, 17, 256, 65536, 2**20]),
+    ],
+)
+def test_a_dtype_is_refused_exactly_when_a_bin_would_not_round_trip(dtype, data_range, sizes):
+    # Issue: bfloat16 with 256 bins put 3170 of 25600 dequantized values in the wrong bin, float16 with
+    # 4096 bins 32273; the docs promised the round trip "in the result's dtype".
+    lo, hi = data_range
+    refused = []
+    for n in sizes:
+        fails = _round_trip_fails(dtype, n, lo, hi) if n <= 2**20 else None
+        k = torch.arange(n)
+        try:
+            c = D.bin_centers(k, n, data_range, dtype=dtype)
+        except ValueError as err:
+            assert "is too coarse for num_bins" in str(err)
+            assert fails in (True, None)  # above 2**20 bins only the a-priori bound accepts
+            refused.append(n)
+            continue
+        assert fails in (False, None)
+        assert c.dtype == dtype and torch.equal(D.quantize(c, n, data_range).long(), k)
+    if dtype == torch.float64:
+        assert refused == []
+    if dtype == torch.float32 and data_range == (-1.0, 1.0):
+        assert refused == [2**21]  # beyond both the bound and the bin-by-bin check: refused
+    if dtype == torch.bfloat16 and data_range == (-1.0, 1.0):
+        assert min(refused) == 129  # every n <= 128 (17 digits bins included) is exact
+    if dtype == torch.float16 and data_range == (-1.0, 1.0):
+        assert min(refused) == 1025  # 256 bins are exact in float16
+
+
+@pytest.mark.parametrize(
+    ("dtype", "num_bins", "data_range"),
+    [
+        (torch.bfloat16, 17, (-1.0, 1.0)),
+        (torch.bfloat16, 128, (-1.0, 1.0)),
+        (torch.float16, 17, (0.0, 1.0)),
+        (torch.float16, 256, (-1.0, 1.0)),
+        (torch.float16, 1024, (-1.0, 1.0)),
+        (torch.float32, 256, (0.0, 255.0)),
+        (torch.float32, 65536, (-1.0, 1.0)),
+        (torch.float32, 65536, (0.0, 1.0)),
+        (torch.float64, 65536, (-1.0, 1.0)),
+    ],
+)
+def test_every_bin_round_trips_through_dequantization_in_an_accepted_dtype(dtype, num_bins, data_range):
+    k = torch.arange(num_bins).repeat(4)
+    g = torch.Generator().manual_seed(num_bins)
+    y = D.uniform_dequantize(k, num_bins, data_range, generator=g, dtype=dtype)
+    assert y.dtype == dtype and torch.equal(D.quantize(y, num_bins, data_range).long(), k)
+    c = D.bin_centers(torch.arange(num_bins), num_bins, data_range, dtype=dtype)
+    assert torch.equal(D.quantize(c, num_bins, data_range).long(), torch.arange(num_bins))
+
+
+@pytest.mark.parametrize("u_value", [0.0, 0.5, 1.0 - 2.0**-24])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_extreme_draws_stay_in_cell(monkeypatch, u_value, dtype):
+    monkeypatch.setattr(
+        quantization, "rand", lambda shape, generator, device, dtype: torch.full(shape, u_value, dtype=dtype)
+    )
+    for num_bins, data_range in [
+        (17, (-1.0, 1.0)),
+        (128, (-1.0, 1.0)),
+        (17, (0.0, 1.0)),
+        (100, (0.0, 255.0)),
+    ]:
+        x = torch.arange(num_bins)
+        y = D.uniform_dequantize(x, num_bins, data_range, dtype=dtype)
+        assert torch.equal(D.quantize(y, num_bins, data_range).long(), x)
+
+
+def test_the_reported_coarse_dtypes_are_refused_naming_one_that_works():
+    k = torch.randint(0, 256, (100, 256), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=_too_coarse(torch.bfloat16, 256, -1.0, 1.0, torch.float16)):
+        D.uniform_dequantize(k, 256, (-1.0, 1.0), dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=_too_coarse(torch.bfloat16, 256, -1.0, 1.0, torch.float16)):
+        D.bin_centers(torch.arange(256), 256, (-1.0, 1.0), dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=_too_coarse(torch.float16, 4096, -1.0, 1.0, torch.float32)):
+        D.bin_centers(torch.arange(4096), 4096, (-1.0, 1.0), dtype=torch.float16)
+    # the input's own float dtype is checked too (dtype=None)
+    with pytest.raises(ValueError, match=_too_coarse(torch.bfloat16, 256, -1.0, 1.0, torch.float16)):
+        D.bin_centers(torch.arange(256, dtype=torch.bfloat16), 256)
+    # quantize: float16 cannot hold bin indices above 65504 (used to be a RuntimeError from clamp)
+    y = torch.tensor([0.5, 0.99951171875], dtype=torch.float16)
+    with pytest.raises(ValueError, match=re_escape(
+        "y of dtype torch.float16 cannot hold the bin indices up to num_bins - 1 = 99999: convert y to "
+        "torch.float32"
+    )):  # fmt: skip
+        D.quantize(y, 100000, (0.0, 1.0))
+    assert D.quantize(y.float(), 100000, (0.0, 1.0)).tolist() == [50000, 99951]
+
+
 def test_bin_centers_versus_scaler():
     k = torch.arange(256)
     c = D.bin_centers(k, 256, (-1.0, 1.0), dtype=torch.float64)

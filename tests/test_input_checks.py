@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -288,3 +289,267 @@ def test_colorize_weights_that_are_not_numbers_are_refused(weights):
     score = GaussianMixture([1.0], torch.zeros(1, 3), 0.5).score_fn(sde)
     with pytest.raises(TypeError, match="^weights must be a 1-D sequence"):
         ds.colorize(sde, score, torch.zeros(2, 1, 1, 1), weights, num_steps=2)
+
+
+# ---- 5. SDE times, sigmas and constructor numbers --------------------------------------------------------
+
+
+def _sde_set() -> list[ds.SDE]:
+    return [ds.VPSDE(), ds.SubVPSDE(), ds.VESDE(), ds.VESDE(kernel="sigma"), ds.VPSDE(beta_max=100.0)]
+
+
+def test_transition_refuses_reversed_times_naming_both():
+    sde = ds.VPSDE()
+    want = re.escape(
+        "transition needs t_from <= t_to (the kernel runs forward in time); got t_from = 0.5 > t_to = 0.2"
+    )
+    with pytest.raises(ValueError, match=f"^{want}$"):
+        sde.transition(0.5, 0.2)  # used to be AttributeError: 'float' object has no attribute 'exp'
+    with pytest.raises(ValueError, match=f"^{want}$"):
+        sde.transition(torch.tensor([0.5]), torch.tensor([0.2]))  # used to return (2.886, 0.0)
+    with pytest.raises(ValueError, match="got t_from = 0.7 > t_to = 0.6$"):
+        sde.transition(torch.tensor([0.1, 0.7], dtype=F64), torch.tensor([0.2, 0.6], dtype=F64))
+
+
+def test_transition_refuses_times_outside_0_T_and_non_numbers():
+    sde = ds.VPSDE()
+    with pytest.raises(
+        ValueError, match=re.escape("t_to must lie in [0, T] = [0, 1.0]; got values in [1.5, 1.5]")
+    ):
+        sde.transition(0.2, 1.5)
+    with pytest.raises(
+        ValueError, match=re.escape("t_from must lie in [0, T] = [0, 1.0]; got values in [-0.5, -0.5]")
+    ):
+        sde.transition(-0.5, 0.5)
+    with pytest.raises(
+        ValueError, match=re.escape("t_from must lie in [0, T] = [0, 1.0]; got values in [nan, nan]")
+    ):
+        sde.transition(float("nan"), 0.5)
+    with pytest.raises(ValueError, match=r"^t_to must lie in \[0, T\]"):
+        sde.transition(torch.tensor([0.1, 0.2]), torch.tensor([0.3, float("nan")]))
+    with pytest.raises(TypeError, match="^t_from must be a float or a tensor, got list$"):
+        sde.transition([0.1], 0.5)
+    with pytest.raises(
+        ValueError, match=re.escape("t_from of shape (2,) and t_to of shape (3,) do not broadcast")
+    ):
+        sde.transition(torch.zeros(2), torch.ones(3))
+
+
+def test_transition_of_floats_and_mixed_arguments_is_the_tensor_answer():
+    sde = ds.VPSDE()
+    t0 = torch.tensor([0.2, 0.2], dtype=F64)
+    t1 = torch.tensor([0.5, 0.9], dtype=F64)
+    a, s = sde.transition(t0, t1)
+    # closed form: a = exp(-(B(t1) - B(t0)) / 2), s^2 = 1 - a^2 (VP)
+    B = lambda t: 0.1 * t + 19.9 * t * t / 2  # noqa: E731
+    want_a = torch.tensor([math.exp(-(B(0.5) - B(0.2)) / 2), math.exp(-(B(0.9) - B(0.2)) / 2)], dtype=F64)
+    torch.testing.assert_close(a, want_a, rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(s, (1 - want_a.square()).sqrt(), rtol=1e-13, atol=0.0)
+    a_mixed, s_mixed = sde.transition(0.2, t1)  # the float takes the tensor's dtype
+    assert a_mixed.dtype == F64
+    assert torch.equal(a_mixed, a) and torch.equal(s_mixed, s)
+    a_f, s_f = sde.transition(0.2, 0.5)
+    assert a_f.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(a_f.double(), want_a[0], rtol=1e-6, atol=0.0)
+    a_eq, s_eq = sde.transition(0.4, 0.4)
+    assert float(a_eq) == 1.0 and float(s_eq) == 0.0
+
+
+def _sigma_T(sde: ds.SDE) -> float:
+    if isinstance(sde, ds.VESDE):
+        r = sde.sigma_max / sde.sigma_min
+        return (
+            sde.sigma_max if sde.kernel == "sigma" else sde.sigma_min * math.sqrt(math.expm1(2 * math.log(r)))
+        )
+    B = sde.beta_min * sde.T + (sde.beta_max - sde.beta_min) * sde.T / 2
+    if isinstance(sde, ds.SubVPSDE):
+        return 2 * math.sinh(B / 2)
+    return math.sqrt(math.expm1(B))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, "above"])
+def test_t_from_sigma_refuses_nan_inf_negative_and_above_sigma_T(bad):
+    for sde in _sde_set():
+        s_T = _sigma_T(sde)
+        head = re.escape(f"sigma must lie in [0, sigma(T)] = [0, {s_T:.9g}]; got values in [")
+        # float64: 1e-9 above sigma(T) is far beyond rounding (4 eps = 9e-16 relative)
+        value = s_T * (1 + 1e-9) if bad == "above" else bad
+        with pytest.raises(ValueError, match=f"^{head}"):
+            sde.t_from_sigma(torch.tensor([0.5, value], dtype=F64))
+        # a Python number becomes a float32 tensor (4 eps = 4.8e-7 relative)
+        value = s_T * (1 + 1e-5) if bad == "above" else bad
+        with pytest.raises(ValueError, match=f"^{head}"):
+            sde.t_from_sigma(value)
+    with pytest.raises(TypeError, match="^sigma must be a float or a tensor, got list$"):
+        ds.VPSDE().t_from_sigma([1.0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, F64])
+def test_t_from_sigma_maps_sigma_T_to_T_in_every_dtype(dtype):
+    # sigma(T) computed in the dtype may round above the float64 sigma(T): accepted and clamped to T
+    for sde in _sde_set():
+        sigma_T = sde.sigma(torch.tensor([sde.T], dtype=dtype))
+        if not bool(torch.isfinite(sigma_T).all()):  # VP with beta_max = 100 overflows float16
+            assert dtype == torch.float16
+            continue
+        t = sde.t_from_sigma(sigma_T)
+        assert t.dtype == dtype and float(t.max()) <= sde.T
+        want = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5, F64: 1e-12}[dtype]
+        assert abs(float(t) - sde.T) <= want
+        assert float(sde.t_from_sigma(torch.zeros(1, dtype=dtype))) == 0.0
+    vp = ds.VPSDE()
+    for s_T in (_sigma_T(vp), _sigma_T(vp) * (1 + 6e-16)):  # sigma(T), and 3 ulp above it (rounding)
+        assert 0.0 <= 1.0 - float(vp.t_from_sigma(torch.tensor(s_T, dtype=F64))) <= 1e-15
+
+
+@pytest.mark.parametrize(
+    ("make", "err", "message"),
+    [
+        (lambda: ds.VPSDE(beta_max=float("nan")), ValueError, "beta_max must be finite, got nan"),
+        (lambda: ds.VPSDE(beta_min=float("inf")), ValueError, "beta_min must be finite, got inf"),
+        (lambda: ds.SubVPSDE(beta_max=float("-inf")), ValueError, "beta_max must be finite, got -inf"),
+        (lambda: ds.VESDE(sigma_max=float("inf")), ValueError, "sigma_max must be finite and > 0, got inf"),
+        (lambda: ds.VESDE(sigma_min=float("nan")), ValueError, "sigma_min must be finite and > 0, got nan"),
+        (lambda: ds.VPSDE(T=float("nan")), ValueError, "T must be finite and > 0, got nan"),
+        (lambda: ds.VPSDE(beta_max="20"), TypeError, "beta_max must be a real number, got str"),
+        (lambda: ds.VPSDE(beta_min=True), TypeError, "beta_min must be a real number, got bool"),
+        (lambda: ds.VESDE(sigma_max=None), TypeError, "sigma_max must be a real number, got NoneType"),
+    ],
+)
+def test_sde_constructors_value_error_for_bad_numbers_type_error_for_non_numbers(make, err, message):
+    with pytest.raises(err, match=f"^{re.escape(message)}$"):
+        make()
+
+
+def test_public_time_methods_name_t_for_a_list():
+    sde = ds.VPSDE()
+    for call in (sde.marginal_coeffs, sde.diffusion, sde.sigma):
+        with pytest.raises(TypeError, match="^t must be a float or a tensor, got list$"):
+            call([0.1, 0.2])  # used to be "float() argument must be a string or a real number"
+    with pytest.raises(
+        TypeError, match=re.escape("t must be a float, a 0-d tensor or a (B,) tensor, got list")
+    ):
+        sde.marginal_prob(torch.zeros(2, 3), [0.1, 0.2])
+    alpha, std = sde.marginal_coeffs(torch.tensor([0, 1]))  # integer tensors are times too
+    assert float(alpha[0]) == 1.0 and float(std[0]) == 0.0
+
+
+# ---- 6. ScoreModel.min_std ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("min_std", "err", "message"),
+    [
+        (float("nan"), ValueError, "min_std must be finite and > 0, got nan"),
+        (-1.0, ValueError, "min_std must be finite and > 0, got -1.0"),
+        (0.0, ValueError, "min_std must be finite and > 0, got 0.0"),
+        (float("inf"), ValueError, "min_std must be finite and > 0, got inf"),
+        ("1e-12", TypeError, "min_std must be a real number, got str"),
+    ],
+)
+def test_score_model_min_std_is_checked(min_std, err, message):
+    with pytest.raises(err, match=f"^{re.escape(message)}$"):
+        ds.ScoreModel(torch.nn.Identity(), ds.VPSDE(), min_std=min_std)
+
+
+def test_score_model_floor_gives_the_finite_answer_at_t0_and_names_t():
+    class Net(torch.nn.Module):
+        def forward(self, x, t):
+            return x
+
+    model = ds.ScoreModel(Net(), ds.VPSDE(), "noise", min_std=0.5)
+    x = torch.ones(2, 3)
+    assert torch.equal(model(x, 0.0), torch.full_like(x, -2.0))  # -out / max(std(0) = 0, 0.5)
+    with pytest.raises(
+        TypeError, match=re.escape("t must be a float, a 0-d tensor or a (B,) tensor, got list")
+    ):
+        model(x, [0.0, 0.0])
+
+
+# ---- 7. raw internal errors that now name the argument --------------------------------------------------
+
+
+def test_bits_per_dim_data_range_and_dtype_are_named():
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 4, dtype=F64), 0.5).score_fn(sde)
+    x_int = torch.zeros(2, 4, dtype=torch.long)
+    for bad in [(-1, 0, 1), ("-1", "1"), 1.0, (True, 2.0), "ab"]:
+        with pytest.raises(
+            TypeError, match=f"^{re.escape(f'data_range must be a pair of numbers (lo, hi), got {bad!r}')}$"
+        ):
+            ds.bits_per_dim(sde, score, x_int, data_range=bad)
+    for bad in [(1.0, 1.0), (0.0, float("nan"))]:
+        with pytest.raises(
+            ValueError, match=f"^{re.escape(f'data_range must be finite with lo < hi, got {bad!r}')}$"
+        ):
+            ds.bits_per_dim(sde, score, x_int, data_range=bad)
+    with pytest.raises(
+        TypeError,
+        match=re.escape("dtype must be a floating-point dtype (e.g. torch.float32), got torch.int64"),
+    ):
+        ds.bits_per_dim(sde, score, x_int, dtype=torch.int64)
+    # the data module shares the check
+    from diffscore import data as D
+
+    with pytest.raises(
+        TypeError, match=re.escape("data_range must be a pair of numbers (lo, hi), got (-1, 0, 1)")
+    ):
+        D.bin_centers(torch.tensor([0]), 17, data_range=(-1, 0, 1))
+
+
+_STATS_MESSAGE = "^stats must be a dict \\(it receives 'nfe'\\) or None, got list$"
+
+
+def test_stats_that_is_not_a_dict_is_refused_before_any_work():
+    sde = ds.VPSDE()
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x
+
+    x = torch.zeros(2, 3, dtype=F64)
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        ds.decode(sde, score, x, stats=[])  # used to be "list indices must be integers"
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        ds.encode(sde, score, x, stats=[])
+    for method in sorted(METHODS):
+        with pytest.raises(TypeError, match=_STATS_MESSAGE):
+            ds.sample(sde, score, (2, 3), method=method, dtype=F64, stats=[])
+        with pytest.raises(TypeError, match=_STATS_MESSAGE):
+            METHODS[method](sde, score, x, 1e-3, None, stats=[])
+    from diffscore.sampling import annealed_langevin, annealed_langevin_inpaint, langevin_dynamics
+
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        langevin_dynamics(lambda x: -x, x, 0.1, 3, stats=[])
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        annealed_langevin(lambda x, s: -x, [1.0, 0.5], x, stats=[])
+    with pytest.raises(TypeError, match=_STATS_MESSAGE):
+        annealed_langevin_inpaint(lambda x, s: -x, [1.0, 0.5], x, torch.ones_like(x), stats=[])
+    assert calls == []
+    stats = {}
+    ds.sample(sde, score, (2, 3), method="heun", num_steps=2, dtype=F64, stats=stats)
+    assert stats == {"nfe": 3}  # 2 Heun steps, the last one Euler-only
+
+
+def test_shape_and_dtype_of_a_prior_draw_are_named():
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 2), 0.5).score_fn(sde)
+    shape_msg = "^shape must be a tuple or list of ints \\(B, \\*event_shape\\), got int$"
+    dtype_msg = re.escape("dtype must be a floating-point dtype (e.g. torch.float32), got torch.int64")
+    with pytest.raises(TypeError, match=shape_msg):
+        sde.prior_sample(4)
+    with pytest.raises(TypeError, match=shape_msg):
+        ds.sample(sde, score, 2)
+    with pytest.raises(TypeError, match=dtype_msg):
+        sde.prior_sample((4, 2), dtype=torch.long)
+    with pytest.raises(TypeError, match=dtype_msg):
+        ds.sample(sde, score, (4, 2), dtype=torch.int64)
+    with pytest.raises(TypeError, match="^dtype must be a floating-point torch.dtype, got str$"):
+        sde.prior_sample((4, 2), dtype="float32")
+    with pytest.raises(ValueError, match=re.escape("shape must be (B, ...) of positive ints, got ()")):
+        sde.prior_sample(())
+    with pytest.raises(ValueError, match=re.escape("shape must be (B, ...) of positive ints, got (4, 0)")):
+        sde.prior_sample([4, 0])
+    z = sde.prior_sample(torch.Size([3, 2]), generator=gen(0), dtype=F64)
+    assert torch.equal(z, torch.randn(3, 2, generator=gen(0), dtype=F64))  # prior_std = 1 for VP

@@ -240,7 +240,7 @@ def test_float32_stays_float32(sde):
         (lambda: VESDE(T=0.0), ValueError, "T"),
         (lambda: VPSDE(beta_min=-0.1), ValueError, "beta_min"),
         (lambda: VPSDE(beta_max=0.0), ValueError, "beta_max"),
-        (lambda: VPSDE(beta_min=float("nan")), TypeError, "beta_min"),
+        (lambda: VPSDE(beta_min=float("nan")), ValueError, "beta_min"),
         (lambda: VPSDE(beta_max=None), TypeError, "beta_max"),
         (lambda: VPSDE(T=-1.0), ValueError, "T"),
         (lambda: SubVPSDE(beta_min=2.0, beta_max=1.0), ValueError, "beta_min"),

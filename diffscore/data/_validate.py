@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from .._checks import check_data_range, check_float_dtype
 
 DataRange = tuple[float, float]
 
 
 def float_dtype(dtype: torch.dtype | None) -> torch.dtype:
     """``dtype`` or torch's default, checked to be floating point (TypeError otherwise)."""
-    dtype = dtype or torch.get_default_dtype()
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
-    return dtype
+    return check_float_dtype(dtype)
 
 
 def check_num_bins(num_bins: int) -> int:
@@ -28,14 +25,9 @@ def check_num_bins(num_bins: int) -> int:
 
 
 def check_range(data_range: DataRange) -> tuple[float, float]:
-    """``(lo, hi)`` as floats if finite with lo < hi (TypeError / ValueError otherwise)."""
-    try:
-        lo, hi = (float(v) for v in data_range)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"data_range must be a pair of numbers (lo, hi), got {data_range!r}") from err
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"data_range must be finite with lo < hi, got {data_range!r}")
-    return lo, hi
+    """``(lo, hi)`` as floats if a pair of numbers, finite with lo < hi (TypeError / ValueError
+    otherwise; :func:`diffscore._checks.check_data_range`, shared with the likelihood)."""
+    return check_data_range(data_range)
 
 
 def check_bins(name: str, x: Tensor, num_bins: int) -> None:

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -104,6 +106,75 @@ def _cell_index(y: Tensor, num_bins: int, lo: float, hi: float) -> Tensor:
     return torch.floor((y - lo) / (hi - lo) * num_bins)
 
 
+def _bin_of(y: Tensor, num_bins: int, lo: float, hi: float) -> Tensor:
+    """:func:`quantize`'s arithmetic: the cell index clipped to the bins, as int64 (the clip happens in
+    y's dtype only up to its largest finite value, so float16 with more than 65505 bins is clipped
+    after the conversion instead of overflowing)."""
+    top = min(num_bins - 1, torch.finfo(y.dtype).max)
+    return _cell_index(y, num_bins, lo, hi).clamp(0, top).to(torch.int64).clamp_max(num_bins - 1)
+
+
+def _centers(x: Tensor, num_bins: int, lo: float, hi: float) -> Tensor:
+    """Cell midpoints of float bin indices ``x``, in x's dtype (the arithmetic of every center here)."""
+    return lo + (hi - lo) * (x + 0.5) / num_bins
+
+
+#: Floating dtypes, coarsest first: the candidates named when a dtype is too coarse.
+_FLOATS = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+#: Largest num_bins whose round trip is checked bin by bin; above it only the a-priori bound counts.
+_ENUMERATE_MAX = 2**20
+
+
+def _round_trip_bound(num_bins: int, lo: float, hi: float, dtype: torch.dtype) -> bool:
+    """A-priori sufficient condition for ``quantize(bin_centers(k)) == k`` for every bin in ``dtype``.
+
+    With ``M = max(|lo|, |hi|)``, ``R = hi - lo`` and eps the dtype's machine epsilon, each rounding in
+    the center's and in quantize's arithmetic moves the bin coordinate ``(y - lo) / R * num_bins`` by
+    at most about ``num_bins eps (M / R)`` (a rounding of a value of size up to M, against the bin
+    width R / num_bins) or ``num_bins eps`` (the division and the product); summed with margin they
+    stay below 1/2, the distance from a center to its cell's edges, when
+    ``num_bins eps (6 M / R + 3) <= 1/2``. It also requires the bin width above the dtype's smallest
+    normal number and the range and ``(hi - lo) num_bins`` far from overflow, so that every rounding is
+    relative.
+    """
+    fi = torch.finfo(dtype)
+    m, r = max(abs(lo), abs(hi)), hi - lo
+    if not (r / num_bins >= fi.tiny and 4 * m <= fi.max and 2 * r * num_bins <= fi.max):
+        return False
+    return num_bins * fi.eps * (6 * m / r + 3) <= 0.5
+
+
+@functools.lru_cache(maxsize=256)
+def _round_trips(num_bins: int, lo: float, hi: float, dtype: torch.dtype, device_type: str) -> bool:
+    """Whether every bin's center, computed in ``dtype``, is finite and quantizes back to its bin
+    (cached): the a-priori bound, else (up to ``_ENUMERATE_MAX`` bins) the round trip of every bin
+    computed on a device of type ``device_type`` with the very arithmetic of :func:`bin_centers` and
+    :func:`quantize`."""
+    if _round_trip_bound(num_bins, lo, hi, dtype):
+        return True
+    if num_bins > _ENUMERATE_MAX:
+        return False
+    k = torch.arange(num_bins, device="cpu" if device_type == "meta" else device_type)
+    y = _centers(k.to(dtype), num_bins, lo, hi)
+    # a center that overflowed (float16: (hi - lo) (k + 1/2) above 65504) is not in its cell either
+    return bool(torch.isfinite(y).all()) and bool(torch.equal(_bin_of(y, num_bins, lo, hi), k))
+
+
+def _check_exact_dtype(dtype: torch.dtype, num_bins: int, lo: float, hi: float, device: torch.device) -> None:
+    """Raise ValueError naming dtype and num_bins when ``dtype`` is too coarse for the round trip
+    ``quantize(bin_centers(k)) == k`` on ``(lo, hi)``, with the coarsest dtype that is fine enough."""
+    if _round_trips(num_bins, lo, hi, dtype, device.type):
+        return
+    finer = [d for d in _FLOATS if torch.finfo(d).eps < torch.finfo(dtype).eps]
+    ok = next((d for d in finer if _round_trips(num_bins, lo, hi, d, device.type)), None)
+    use = f"use {ok} (or a finer dtype)" if ok is not None else "no floating dtype resolves these bins"
+    raise ValueError(
+        f"dtype {dtype} is too coarse for num_bins={num_bins} on data_range=({lo:g}, {hi:g}): its spacing "
+        f"near the ends of the range is too large against the bin width {(hi - lo) / num_bins:.3g}, so "
+        f"some values would not quantize back to their bin; {use}"
+    )
+
+
 def bin_centers(
     x_int: Tensor,
     num_bins: int,
@@ -125,13 +196,17 @@ def bin_centers(
 
     Raises:
         ValueError: ``x_int`` has non-integers or values outside [0, num_bins); bad ``num_bins`` or
-            ``data_range``.
+            ``data_range``; a ``dtype`` too coarse for ``num_bins`` on ``data_range`` (some center would
+            not quantize back to its bin; the message names dtype, num_bins and a dtype that works).
+        TypeError: ``x_int`` not a tensor of integers; ``data_range`` not a pair of numbers; ``dtype``
+            not a floating-point dtype.
     """
     num_bins = check_num_bins(num_bins)
     lo, hi = check_range(data_range)
     check_bins("x_int", x_int, num_bins)
-    x = x_int.to(_out_float_dtype(x_int, dtype))
-    return lo + (hi - lo) * (x + 0.5) / num_bins
+    dtype = _out_float_dtype(x_int, dtype)
+    _check_exact_dtype(dtype, num_bins, lo, hi, x_int.device)
+    return _centers(x_int.to(dtype), num_bins, lo, hi)
 
 
 def uniform_dequantize(
@@ -151,7 +226,9 @@ def uniform_dequantize(
 
     Floating-point rounding could place a draw within a few ulps of a cell edge on the wrong side;
     such a draw (probability of order num_bins times the dtype's epsilon) is replaced by the cell's
-    center, so ``quantize(y) == x_int`` always holds in the result's dtype.
+    center, so ``quantize(y) == x_int`` always holds in the result's dtype. That needs the centers
+    themselves to quantize back, which a dtype too coarse for ``num_bins`` on ``data_range`` breaks
+    (bfloat16 with 256 bins on (-1, 1)): such a dtype is refused (see :func:`bin_centers`).
 
     Args:
         x_int: integers in {0, ..., num_bins - 1}, shape (B, *shape) (any shape with one generator).
@@ -166,17 +243,20 @@ def uniform_dequantize(
 
     Raises:
         ValueError: ``x_int`` has non-integers or values outside [0, num_bins); bad ``num_bins`` or
-            ``data_range``; a generator list whose length is not B.
-        TypeError: bad ``generator``.
+            ``data_range``; a ``dtype`` too coarse for ``num_bins`` on ``data_range`` (as
+            :func:`bin_centers`); a generator list whose length is not B.
+        TypeError: bad ``generator``; ``x_int`` not a tensor of integers; ``data_range`` not a pair of
+            numbers; ``dtype`` not a floating-point dtype.
     """
     num_bins = check_num_bins(num_bins)
     lo, hi = check_range(data_range)
     check_bins("x_int", x_int, num_bins)
     dtype = _out_float_dtype(x_int, dtype)
+    _check_exact_dtype(dtype, num_bins, lo, hi, x_int.device)
     x = x_int.to(dtype)
     u = rand(x.shape, generator, device=x.device, dtype=dtype)
     y = lo + (hi - lo) * (x + u) / num_bins
-    center = lo + (hi - lo) * (x + 0.5) / num_bins
+    center = _centers(x, num_bins, lo, hi)
     return torch.where(_cell_index(y, num_bins, lo, hi) == x, y, center)
 
 
@@ -193,13 +273,19 @@ def quantize(y: Tensor, num_bins: int, data_range: DataRange = (-1.0, 1.0)) -> T
         Tensor like ``y``: uint8 when num_bins <= 256, else int64.
 
     Raises:
-        ValueError: ``y`` has NaN or inf; bad ``num_bins`` or ``data_range``. TypeError: ``y`` not a
-            float tensor.
+        ValueError: ``y`` has NaN or inf; bad ``num_bins`` or ``data_range``; ``num_bins - 1`` above
+            the largest value of y's dtype (float16 with more than 65505 bins). TypeError: ``y`` not a
+            float tensor, ``data_range`` not a pair of numbers.
     """
     num_bins = check_num_bins(num_bins)
     lo, hi = check_range(data_range)
     check_float("y", y)
-    return _cell_index(y, num_bins, lo, hi).clamp(0, num_bins - 1).to(_bin_dtype(num_bins))
+    if num_bins - 1 > torch.finfo(y.dtype).max:
+        raise ValueError(
+            f"y of dtype {y.dtype} cannot hold the bin indices up to num_bins - 1 = {num_bins - 1}: "
+            "convert y to torch.float32"
+        )
+    return _bin_of(y, num_bins, lo, hi).to(_bin_dtype(num_bins))
 
 
 def gaussian_moments(
@@ -215,9 +301,13 @@ def gaussian_moments(
     Args:
         x_int: (N, *shape) integer images. num_bins, data_range: of the dequantization.
         dtype: float dtype of the result (default: torch's default).
+
+    Raises:
+        ValueError / TypeError: bad ``num_bins``, ``data_range`` or ``dtype`` (naming it).
     """
-    dtype = dtype or torch.get_default_dtype()
-    lo, hi = (float(v) for v in data_range)
+    dtype = float_dtype(dtype)
+    num_bins = check_num_bins(num_bins)
+    lo, hi = check_range(data_range)
     s = (hi - lo) / num_bins
     x = x_int.reshape(x_int.shape[0], -1).to(dtype)
     m = x.mean(0)

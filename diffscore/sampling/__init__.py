@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import Generator, check_eps, check_latent
+from .._checks import Generator, check_eps, check_float_dtype, check_latent, check_shape, check_stats
 from ..score import ScoreFn
 from ..sde import SDE, VESDE
 from .adaptive import sde_adaptive
@@ -116,7 +116,9 @@ def sample(
         Samples shaped ``shape``.
 
     Raises:
-        ValueError / TypeError: unknown ``method``, bad ``shape``, ``eps`` outside [0, T) (or with
+        ValueError / TypeError: unknown ``method``; ``shape`` not a tuple or list (TypeError) or not
+            (B, *event_shape) of positive ints (ValueError); ``dtype`` not a floating-point dtype and
+            ``options["stats"]`` not a dict (TypeError); ``eps`` outside [0, T) (or with
             ``std(eps) = 0`` for "ode", "sde", "sde_adaptive"), ``x_T`` of the wrong shape, with NaN/inf
             or with an entry at or beyond the plausible bound (the message names ``x_T`` and the
             bound); a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state
@@ -127,9 +129,10 @@ def sample(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    shape = tuple(shape)
-    if len(shape) < 2 or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f"shape must be (B, *event_shape) of positive ints, got {shape}")
+    shape = check_shape(shape, 2)
+    if dtype is not None:
+        check_float_dtype(dtype)
+    check_stats(options.get("stats"))
     eps = check_eps(default_eps(sde) if eps is None else eps, sde.T)
     if x_T is None:
         x_T = sde.prior_sample(shape, generator=generator, device=device, dtype=dtype)

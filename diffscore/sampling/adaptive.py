@@ -27,6 +27,7 @@ from .._checks import (
     check_int,
     check_positive,
     check_solve_eps,
+    check_stats,
     randn,
     state_limit,
 )
@@ -104,6 +105,7 @@ def sde_adaptive(
         Samples shaped like ``x_T``, at t = eps (or t = 0 with ``denoise``).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: non-positive tolerances, ``h_init``, ``safety``, ``exponent``; ``norm``
             < 1; ``eps`` outside [0, T) or with ``std(eps) = 0``; a bad ``sde``/``score``/``x_T``/
             ``generator``; a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like
@@ -114,6 +116,7 @@ def sde_adaptive(
         RuntimeError: ``max_iters`` reached before every sample reached eps (names the times and the
             step sizes reached).
     """
+    check_stats(stats)
     _check_sde_state(sde, score, x_T)
     score = CheckedScore(score)  # raises naming the score for an output not shaped like the state
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)

@@ -30,7 +30,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, check_positive, state_limit
+from .._checks import (
+    CheckedScore,
+    FiniteMonitor,
+    Generator,
+    check_int,
+    check_positive,
+    check_stats,
+    state_limit,
+)
 from ..score import ScoreFn
 from ..sde import SDE
 
@@ -148,10 +156,12 @@ def heun(
         Samples shaped like ``x_T``: at t = 0 (``denoise``) or at t = eps.
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: ``num_steps`` < 2, ``rho`` <= 0, a bad ``sde``/``score``/``x_T``;
             a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite (names the first bad time).
     """
+    check_stats(stats)
     _check_sde_state(sde, score, x_T)
     sigmas = karras_sigmas(sde, eps, num_steps, rho, device=x_T.device, dtype=x_T.dtype)
     t = sde._t_from_sigma(sigmas)
@@ -267,11 +277,13 @@ def dpm_solver(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: eps = 0, both or neither-valid ``num_steps``/``nfe``, bad ``order`` or
             ``skip_type``, a bad ``sde``/``score``/``x_T``; a ``score`` returning a non-tensor
             (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite (names the first bad time).
     """
+    check_stats(stats)
     _check_sde_state(sde, score, x_T)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < sde.T:
         raise ValueError(

@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import PLAUSIBLE_FACTOR, FiniteMonitor, Generator, check_data, check_positive, randn
+from .._checks import (
+    PLAUSIBLE_FACTOR,
+    FiniteMonitor,
+    Generator,
+    check_data,
+    check_positive,
+    check_stats,
+    randn,
+)
 
 __all__ = ["geometric_sigmas", "langevin_dynamics", "annealed_langevin", "annealed_langevin_inpaint"]
 
@@ -117,10 +125,12 @@ def langevin_dynamics(
         x_T shaped like ``x0``.
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: bad ``x0``, ``step_size``, ``n_steps``.
         FloatingPointError: the state went non-finite or beyond 1e4 times max(1, max |x0|) (checked
             once, after the loop).
     """
+    check_stats(stats)
     check_data("x0", x0, min_ndim=1)
     step_size = check_positive("step_size", step_size)
     n_steps = _check_steps("n_steps", n_steps)
@@ -167,11 +177,13 @@ def annealed_langevin(
         Samples shaped like ``x0``.
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: ``sigmas`` not strictly decreasing and positive, bad ``x0``,
             ``step_size`` <= 0, ``n_steps_each`` < 1.
         FloatingPointError: the state went non-finite or beyond 1e4 times max(1, sigma_1, max |x0|)
             (checked once, after the loop, naming sigma).
     """
+    check_stats(stats)
     check_data("x0", x0, min_ndim=1)
     sigmas = _check_sigmas(sigmas, x0)
     step_size = check_positive("step_size", step_size)
@@ -244,9 +256,11 @@ def annealed_langevin_inpaint(
         applied before it).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: a mask of the wrong shape or with entries outside {0, 1}, and the
             errors of :func:`annealed_langevin`.
     """
+    check_stats(stats)
     check_data("x_known", x_known, min_ndim=1)
     mask = _check_mask(mask, x_known)
     sigmas = _check_sigmas(sigmas, x_known)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, randn, state_limit
+from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, check_stats, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 from .fast import _batch_times, _check_sde_state
@@ -172,10 +172,12 @@ def dpmpp(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: bad ``order``, ``num_steps``, ``grid``, ``eps`` or ``sde``/``score``/``x_T``;
             a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
     """
+    check_stats(stats)
     n = _check_common(sde, score, x_T, eps, num_steps, grid)
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -299,10 +301,12 @@ def unipc(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: bad ``order``, ``variant``, ``num_steps``, ``grid``, ``eps`` or inputs;
             a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
     """
+    check_stats(stats)
     n = _check_common(sde, score, x_T, eps, num_steps, grid)
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -388,10 +392,12 @@ def sde_dpmpp_2m(
         Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: bad ``num_steps``, ``grid``, ``eps``, ``generator`` or inputs;
             a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
     """
+    check_stats(stats)
     n = _check_common(sde, score, x_T, eps, num_steps, grid)
     g = _Grid(sde, float(eps), n, grid, x_T)
     model = _DataPrediction(score, g)

@@ -31,7 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import CheckedScore, FiniteMonitor, Generator, bcast, check_positive, randn, state_limit
+from .._checks import (
+    CheckedScore,
+    FiniteMonitor,
+    Generator,
+    bcast,
+    check_positive,
+    check_stats,
+    randn,
+    state_limit,
+)
 from ..score import ScoreFn
 from ..sde import SDE
 from .grids import check_grid, time_grid
@@ -251,6 +260,7 @@ def pc_sample(
         Samples shaped like ``x_T``.
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: unknown ``predictor``, ``corrector`` or ``grid``, ``snr`` <= 0,
             ``num_steps`` < 1, ``n_steps`` < 0; a ``score`` that is not callable, or that returns a
             non-tensor (TypeError) or a tensor not shaped like the state (ValueError, "score returned
@@ -258,6 +268,7 @@ def pc_sample(
         FloatingPointError: the state went non-finite or beyond ``1e4`` prior stds (raised after the
             loop, naming the time of the first bad step).
     """
+    check_stats(stats)
     if predictor not in PREDICTORS:
         raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {predictor!r}")
     if corrector not in CORRECTORS:

@@ -12,7 +12,7 @@ from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's met
 from torchsde import BrownianInterval
 from torchsde.types import Scalar
 
-from .._checks import Generator, check_positive, check_solve_eps, generators, seed_from
+from .._checks import Generator, check_positive, check_solve_eps, check_stats, generators, seed_from
 from ..dynamics import ProbabilityFlowODE, ReverseSDE
 from ..likelihood import _ode_kwargs, _odeint, per_sample_norm
 from ..score import ScoreFn
@@ -210,11 +210,13 @@ def sample_sde(
     Returns the state at eps, shaped like ``x_T``. ``stats["nfe"]`` gets the score evaluations.
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: an unknown ``solver`` or ``grid``, bad ``num_steps`` or tolerances;
             ``eps`` outside [0, T) or with ``std(eps) = 0`` (the score is singular there);
             a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: a non-finite or implausibly large state or score (names the time).
     """
+    check_stats(stats)
     if solver not in SDE_METHODS:
         raise ValueError(f"solver must be one of {sorted(SDE_METHODS)} for method='sde', got {solver!r}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
@@ -265,6 +267,7 @@ def sample_ode(
     ``options={"step_size": h}`` (or torchdiffeq's ``"grid_constructor"``).
 
     Raises:
+        TypeError: ``stats`` is not a dict or None (checked before any work).
         ValueError / TypeError: an unknown ``solver``, bad tolerances, a fixed-grid ``solver`` without
             ``options["step_size"]`` / ``options["grid_constructor"]``; ``eps`` outside [0, T) or with
             ``std(eps) = 0`` (the score is singular there); a ``score`` returning a non-tensor
@@ -272,6 +275,7 @@ def sample_ode(
         FloatingPointError: a non-finite or implausibly large state or score (names the time);
             :class:`~diffscore._checks.StepSizeUnderflowError` when the adaptive step size underflows.
     """
+    check_stats(stats)
     del generator
     if solver not in ODE_SOLVERS:
         raise ValueError(f"solver must be one of {sorted(ODE_SOLVERS)} for method='ode', got {solver!r}")
