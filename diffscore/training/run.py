@@ -263,7 +263,11 @@ def _check_sampler(config: TrainConfig) -> None:
         return -x / (alpha**2 + std**2)[:, None]
 
     try:
-        sample(sde, score, (1, 1), method=config.sample_method, **config.sample_options)
+        with torch.random.fork_rng(devices=[]):  # the global RNG is the run's (a resumed one restored it)
+            generator = torch.Generator().manual_seed(0)
+            sample(
+                sde, score, (1, 1), method=config.sample_method, generator=generator, **config.sample_options
+            )
     except (TypeError, ValueError) as err:
         raise type(err)(f"sample_method / sample_options: {err}") from err
 
