@@ -89,7 +89,7 @@ def _gaussian_score(sde: SDE, mu: torch.Tensor, cov: torch.Tensor) -> Callable:
     lam, u = torch.linalg.eigh(cov)
 
     def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
         xf = x.reshape(x.shape[0], -1)
         diff = (xf - alpha[:, None] * mu) @ u
         return -((diff / (alpha[:, None] ** 2 * lam + std[:, None] ** 2)) @ u.T).reshape(x.shape)

@@ -163,7 +163,7 @@ def check_solve_eps(sde, eps: float, name: str = "eps") -> float:
         ValueError: ``eps`` outside [0, T), or ``std(eps) == 0``; the message names ``name``.
     """
     eps = check_eps(eps, sde.T, name)
-    std = float(sde._var(torch.tensor([eps], dtype=torch.float64)).sqrt()[0])
+    std = float(sde.var(torch.tensor([eps], dtype=torch.float64)).sqrt()[0])
     if not std > 0.0:
         raise ValueError(
             f"{name} = {eps:g} is a time where the SDE's std(t) is 0, so the score is singular there and "

@@ -157,9 +157,9 @@ def inpaint(
         return s
 
     def replace_known(x: Tensor, t: Tensor) -> Tensor:
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
         if known_noise == "predicted" and "s" in last:
-            std_last = bcast(sde._var(last["t"]).sqrt(), x)
+            std_last = bcast(sde.var(last["t"]).sqrt(), x)
             monitor.update(torch.where(known, std_last.square() * last["s"], 0.0), len(times))
             times.append(last["t"][0])
             noise = -std_last * last["s"]  # the model's noise prediction
@@ -395,7 +395,7 @@ def noisy_classifier_loss(
     eps = check_eps(eps, sde.T)
     b = x0.shape[0]
     t = eps + (sde.T - eps) * rand((b,), generator, x0.device, x0.dtype)
-    alpha, std = sde._alpha_std(t)
+    alpha, std = sde.alpha_std(t)
     x_t = bcast(alpha, x0) * x0 + bcast(std, x0) * randn(x0.shape, generator, x0.device, x0.dtype)
     return F.cross_entropy(classifier(x_t, t), y.to(x0.device))
 

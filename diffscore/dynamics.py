@@ -81,7 +81,7 @@ class _Dynamics(nn.Module):
         self.nfe += 1
         self.last_t = t
         s = check_score_output(self.score(x, t), x)
-        check_state_and_score(x, s, t, self.sde._var(t.detach()).sqrt(), self.limit)
+        check_state_and_score(x, s, t, self.sde.var(t.detach()).sqrt(), self.limit)
         return s
 
 
@@ -103,10 +103,10 @@ class ForwardSDE(_Dynamics):
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.nfe += 1
-        return self.sde._f(t.to(y).expand(y.shape[0]))[:, None] * y
+        return self.sde.f(t.to(y).expand(y.shape[0]))[:, None] * y
 
     def g(self, t: Tensor, y: Tensor) -> Tensor:
-        return self.sde._g2(t.to(y).expand(y.shape[0])).sqrt()[:, None].expand_as(y)
+        return self.sde.g2(t.to(y).expand(y.shape[0])).sqrt()[:, None].expand_as(y)
 
 
 class ReverseSDE(_Dynamics):
@@ -142,11 +142,11 @@ class ReverseSDE(_Dynamics):
         t = (-tau).to(y).expand(y.shape[0])
         x = y.view((y.shape[0],) + self.shape)
         s = self._score(x, t).reshape(y.shape)
-        return self.sde._g2(t)[:, None] * s - self.sde._f(t)[:, None] * y
+        return self.sde.g2(t)[:, None] * s - self.sde.f(t)[:, None] * y
 
     def g(self, tau: Tensor, y: Tensor) -> Tensor:
         t = (-tau).to(y).expand(y.shape[0])
-        return self.sde._g2(t).sqrt()[:, None].expand_as(y)
+        return self.sde.g2(t).sqrt()[:, None].expand_as(y)
 
 
 class ProbabilityFlowODE(_Dynamics):
@@ -171,7 +171,7 @@ class ProbabilityFlowODE(_Dynamics):
         """The probability-flow vector field at (B,) times t (no clamping)."""
         s = self._score(x, t)
         shape = (-1,) + (1,) * (x.ndim - 1)
-        return self.sde._f(t).reshape(shape) * x - 0.5 * self.sde._g2(t).reshape(shape) * s
+        return self.sde.f(t).reshape(shape) * x - 0.5 * self.sde.g2(t).reshape(shape) * s
 
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         t = t.to(x).clamp(self.t_min, self.sde.T).expand(x.shape[0])

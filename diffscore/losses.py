@@ -177,14 +177,14 @@ def dsm_loss(
         u = rand((batch,), generator, x0.device, x0.dtype)
         if importance_sampling:
             ends = torch.tensor([eps, sde.T], dtype=x0.dtype, device=x0.device)
-            a_end, s_end = sde._alpha_std(ends)
+            a_end, s_end = sde.alpha_std(ends)
             log_sig2 = 2 * (s_end.log() - a_end.log())
             z_norm = log_sig2[1] - log_sig2[0]
             sigma = torch.exp(0.5 * (log_sig2[0] + u * z_norm))
-            t = sde._t_from_sigma(sigma).clamp(eps, sde.T)
+            t = sde.inverse_sigma(sigma).clamp(eps, sde.T)
         else:
             t = eps + (sde.T - eps) * u
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
     z = randn(x0.shape, generator, x0.device, x0.dtype)
     x_t = bcast(alpha, x0) * x0 + bcast(std, x0) * z
     s = _check_output("score", score(x_t, t), x0)
@@ -192,7 +192,7 @@ def dsm_loss(
     if importance_sampling:
         per = per * (z_norm / (sde.T - eps))
     elif likelihood:
-        per = per * (sde._g2(t) / std.square())
+        per = per * (sde.g2(t) / std.square())
     return _finish(per, per_sample)
 
 
@@ -240,7 +240,7 @@ def ddpm_loss(
         alpha, std = sde.marginal_coeffs(t)
     else:
         t = eps + (sde.T - eps) * rand((batch,), generator, x0.device, x0.dtype)
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
     z = randn(x0.shape, generator, x0.device, x0.dtype)
     x_t = bcast(alpha, x0) * x0 + bcast(std, x0) * z
     out = _check_output("eps_model", eps_model(x_t, t), x0)

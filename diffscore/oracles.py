@@ -106,7 +106,7 @@ class GaussianMixture:
         if t is None:
             raise ValueError("an sde was given without t")
         tt = as_time(t, x.shape[0], x).clamp(0.0, sde.T)
-        alpha, std = sde._alpha_std(tt)
+        alpha, std = sde.alpha_std(tt)
         alpha, std = alpha[:, None, None], std[:, None, None]
         return alpha * mu[None], alpha.square() * var[None] + std.square()
 
@@ -173,7 +173,7 @@ class GaussianMixture:
             if t is None:
                 raise ValueError("an sde was given without t")
             tt = sde._check_t(torch.full((n,), float(t), dtype=dt, device=dev))
-            alpha, std = sde._alpha_std(tt)
+            alpha, std = sde.alpha_std(tt)
             x = alpha[:, None] * x + std[:, None] * randn((n, self.dim), gens, dev, dt)
         x = x.reshape((n,) + self.event_shape)
         return (x, labels) if return_labels else x

@@ -103,7 +103,7 @@ class ScoreModel(nn.Module):
         out = self.net(x, t)
         if self.parameterization == "score":
             return out
-        std = bcast(self.sde._alpha_std(t)[1].clamp_min(self.min_std), out)
+        std = bcast(self.sde.alpha_std(t)[1].clamp_min(self.min_std), out)
         return -out / std if self.parameterization == "noise" else out / std
 
     def save_pretrained(

@@ -40,9 +40,11 @@ __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "SDES", "sde_to_config", "sde_fr
 class SDE(ABC):
     """A forward SDE ``dx = f(t) x dt + g(t) dw`` on ``[0, T]`` with Gaussian marginals.
 
-    Subclasses define the schedule through ``_f``, ``_g2``, ``_log_alpha``, ``_var`` and
-    ``_t_from_sigma`` on (B,) time tensors. The public methods validate ``t`` (a float, a 0-d tensor or
-    a (B,) tensor in [0, T]); the private ones are the unchecked fast path used inside solvers.
+    The schedule (``f``, ``g2``, ``log_alpha``, ``var``, ``alpha_std``, ``inverse_sigma``) takes (B,)
+    time tensors and checks nothing: it is what samplers, losses and likelihoods call inside their
+    loops, and what a user writing a sampler calls. The other public methods (``drift``,
+    ``marginal_prob``, ``marginal_coeffs``, ``sigma``, ``t_from_sigma``, ``transition``) validate user
+    input: ``t`` a float, a 0-d tensor or a (B,) tensor in [0, T].
     """
 
     def __init__(self, T: float = 1.0) -> None:
@@ -50,27 +52,33 @@ class SDE(ABC):
 
     # ---- schedule (unchecked, (B,) tensors) ---------------------------------------------------------
     @abstractmethod
-    def _f(self, t: Tensor) -> Tensor: ...
+    def f(self, t: Tensor) -> Tensor:
+        """Linear drift coefficient f(t) of ``dx = f(t) x dt + g(t) dw``."""
 
     @abstractmethod
-    def _g2(self, t: Tensor) -> Tensor: ...
+    def g2(self, t: Tensor) -> Tensor:
+        """Squared diffusion coefficient g(t)^2."""
 
     @abstractmethod
-    def _log_alpha(self, t: Tensor) -> Tensor: ...
+    def log_alpha(self, t: Tensor) -> Tensor:
+        """log alpha(t), the log of the marginal mean's scale: ``x_t = alpha(t) x_0 + std(t) z``."""
 
     @abstractmethod
-    def _var(self, t: Tensor) -> Tensor: ...
+    def var(self, t: Tensor) -> Tensor:
+        """Marginal variance std(t)^2 of p_0t(x_t | x_0). Negative for VP at t < 0: unguarded."""
 
     @abstractmethod
-    def _t_from_sigma(self, sigma: Tensor) -> Tensor: ...
+    def inverse_sigma(self, sigma: Tensor) -> Tensor:
+        """The time at which ``std / alpha`` equals ``sigma`` (unclamped inverse of :meth:`sigma`)."""
 
     @property
     @abstractmethod
     def prior_std(self) -> float:
         """Standard deviation of the Gaussian prior N(0, prior_std^2 I) that stands in for p_T."""
 
-    def _alpha_std(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        return self._log_alpha(t).exp(), self._var(t).sqrt()
+    def alpha_std(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(alpha(t), std(t))`` of the marginal, unchecked; :meth:`marginal_coeffs` checks ``t``."""
+        return self.log_alpha(t).exp(), self.var(t).sqrt()
 
     # ---- validation ------------------------------------------------------------------------------------
     @staticmethod
@@ -120,7 +128,7 @@ class SDE(ABC):
     def drift(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Drift f(x, t), shaped like ``x`` (B, *shape). Raises ValueError for t outside [0, T]."""
         x = self._state(x)
-        return bcast(self._f(self._time(t, x.shape[0], x)), x) * x
+        return bcast(self.f(self._time(t, x.shape[0], x)), x) * x
 
     def diffusion(self, t: Tensor | float) -> Tensor:
         """Diffusion coefficient g(t), shaped like ``t`` ((B,) for a batch of times).
@@ -128,7 +136,7 @@ class SDE(ABC):
         Raises TypeError for a ``t`` that is not a number or a tensor, ValueError for t outside [0, T]
         or NaN (as every public method taking ``t``).
         """
-        return self._g2(self._check_t(t)).sqrt()
+        return self.g2(self._check_t(t)).sqrt()
 
     def marginal_prob(self, x0: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
         """Mean and std of the transition kernel p_0t(x_t | x_0) (Song et al. 2021, eq. 29 and App. B).
@@ -141,7 +149,7 @@ class SDE(ABC):
             ``(mean, std)``: mean shaped like ``x0``, std shaped (B,).
         """
         x0 = self._state(x0, "x0")
-        alpha, std = self._alpha_std(self._time(t, x0.shape[0], x0))
+        alpha, std = self.alpha_std(self._time(t, x0.shape[0], x0))
         return bcast(alpha, x0) * x0, std
 
     def marginal_coeffs(self, t: Tensor | float) -> tuple[Tensor, Tensor]:
@@ -151,7 +159,7 @@ class SDE(ABC):
             TypeError: ``t`` is not a real number or a real tensor (e.g. a list).
             ValueError: ``t`` outside [0, T] or NaN.
         """
-        return self._alpha_std(self._check_t(t))
+        return self.alpha_std(self._check_t(t))
 
     def sigma(self, t: Tensor | float) -> Tensor:
         """Noise-to-signal ratio ``std(t) / alpha(t)`` (EDM's sigma; ``exp(-lambda)`` of DPM-Solver).
@@ -164,7 +172,7 @@ class SDE(ABC):
         as :meth:`sigma` computes it in ``dtype`` (when finite there), the larger of the two times
         ``1 + 4 eps(dtype)``."""
         ts = [torch.tensor([self.T], dtype=d) for d in (torch.float64, dtype)]
-        s64, s_dt = (float(std[0] / alpha[0]) for alpha, std in (self._alpha_std(t) for t in ts))
+        s64, s_dt = (float(std[0] / alpha[0]) for alpha, std in (self.alpha_std(t) for t in ts))
         s_dt = s_dt if math.isfinite(s_dt) else s64  # overflows in float16 (e.g. VE's expm1)
         return s64, max(s64, s_dt) * (1.0 + 4.0 * torch.finfo(dtype).eps)
 
@@ -174,7 +182,7 @@ class SDE(ABC):
         ``sigma`` must lie in [0, sigma(T)]. A sigma above sigma(T) by rounding alone (at most
         ``4 eps`` relative, eps of sigma's dtype, beyond sigma(T) computed in float64 or in sigma's
         dtype, so ``t_from_sigma(sigma(T))`` works in every dtype) maps to T: the result is clamped to
-        [0, T]. One host sync per call (the check); the solvers use the unchecked ``_t_from_sigma``.
+        [0, T]. One host sync per call (the check); the solvers use the unchecked ``inverse_sigma``.
         Levels below the smallest one (``sigma_min`` for VE ``kernel="sigma"``) map to t = 0.
 
         Raises:
@@ -189,7 +197,7 @@ class SDE(ABC):
                 f"sigma must lie in [0, sigma(T)] = [0, {s_T:.9g}]; got values in "
                 f"[{float(sigma.min())}, {float(sigma.max())}]"
             )
-        return self._t_from_sigma(sigma).clamp(0.0, self.T)
+        return self.inverse_sigma(sigma).clamp(0.0, self.T)
 
     def transition(self, t_from: Tensor | float, t_to: Tensor | float) -> tuple[Tensor, Tensor]:
         """Exact forward kernel between two times: ``x_{t_to} | x_{t_from} ~ N(a x_{t_from}, s^2 I)``.
@@ -201,7 +209,7 @@ class SDE(ABC):
         Returns:
             ``(a, s)`` shaped like the broadcast times. Used (once per solve) by the reverse-diffusion
             and ancestral predictors. The check costs one host sync per call; the unchecked schedule
-            (``_log_alpha``, ``_var``) is the fast path inside loops.
+            (``log_alpha``, ``var``) is the fast path inside loops.
 
         Raises:
             TypeError: a time that is not a real number or a real tensor.
@@ -236,9 +244,9 @@ class SDE(ABC):
                 f"transition needs t_from <= t_to (the kernel runs forward in time); got t_from = {f:g} "
                 f"> t_to = {to:g}"
             )
-        la0, la1 = self._log_alpha(t_from), self._log_alpha(t_to)
+        la0, la1 = self.log_alpha(t_from), self.log_alpha(t_to)
         a = (la1 - la0).exp()
-        s2 = (self._var(t_to) - a.square() * self._var(t_from)).clamp_min(0)
+        s2 = (self.var(t_to) - a.square() * self.var(t_from)).clamp_min(0)
         return a, s2.sqrt()
 
     def prior_sample(
@@ -311,21 +319,21 @@ class VESDE(SDE):
     def prior_std(self) -> float:
         return self.sigma_max
 
-    def _f(self, t: Tensor) -> Tensor:
+    def f(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
 
-    def _g2(self, t: Tensor) -> Tensor:
+    def g2(self, t: Tensor) -> Tensor:
         return (self.sigma_min**2 * 2 * self._logr) * torch.exp(2 * self._logr * t)
 
-    def _log_alpha(self, t: Tensor) -> Tensor:
+    def log_alpha(self, t: Tensor) -> Tensor:
         return torch.zeros_like(t)
 
-    def _var(self, t: Tensor) -> Tensor:
+    def var(self, t: Tensor) -> Tensor:
         if self.kernel == "sigma":
             return self.sigma_min**2 * torch.exp(2 * self._logr * t)
         return self.sigma_min**2 * torch.expm1(2 * self._logr * t)
 
-    def _t_from_sigma(self, sigma: Tensor) -> Tensor:
+    def inverse_sigma(self, sigma: Tensor) -> Tensor:
         if self.kernel == "sigma":
             # noise levels below sigma_min are reached at no time >= 0: they map to t = 0
             return torch.log(sigma / self.sigma_min).clamp_min(0) / self._logr
@@ -370,23 +378,23 @@ class VPSDE(SDE):
         # integral_0^t beta(s) ds
         return t * (self.beta_min + 0.5 * self._slope * t)
 
-    def _f(self, t: Tensor) -> Tensor:
+    def f(self, t: Tensor) -> Tensor:
         return -0.5 * self.beta(t)
 
-    def _g2(self, t: Tensor) -> Tensor:
+    def g2(self, t: Tensor) -> Tensor:
         return self.beta(t)
 
-    def _log_alpha(self, t: Tensor) -> Tensor:
+    def log_alpha(self, t: Tensor) -> Tensor:
         return -0.5 * self._B(t)
 
-    def _var(self, t: Tensor) -> Tensor:
+    def var(self, t: Tensor) -> Tensor:
         return -torch.expm1(-self._B(t))
 
     def _B_inverse(self, B: Tensor) -> Tensor:
         # positive root of 0.5 slope t^2 + beta_min t - B = 0, in the cancellation-free form
         return 2 * B / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * self._slope * B))
 
-    def _t_from_sigma(self, sigma: Tensor) -> Tensor:
+    def inverse_sigma(self, sigma: Tensor) -> Tensor:
         # sigma^2 = std^2 / alpha^2 = e^B - 1
         return self._B_inverse(torch.log1p(sigma.square()))
 
@@ -396,13 +404,13 @@ class SubVPSDE(VPSDE):
     (Song et al. 2021, eq. 11). Its marginal std ``1 - exp(-int beta)`` is below the VP one.
     """
 
-    def _g2(self, t: Tensor) -> Tensor:
+    def g2(self, t: Tensor) -> Tensor:
         return self.beta(t) * -torch.expm1(-2 * self._B(t))
 
-    def _var(self, t: Tensor) -> Tensor:
+    def var(self, t: Tensor) -> Tensor:
         return torch.expm1(-self._B(t)).square()
 
-    def _t_from_sigma(self, sigma: Tensor) -> Tensor:
+    def inverse_sigma(self, sigma: Tensor) -> Tensor:
         # sigma = (1 - e^-B) e^(B/2) = 2 sinh(B / 2)
         return self._B_inverse(2 * torch.asinh(sigma / 2))
 

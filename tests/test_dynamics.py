@@ -49,7 +49,7 @@ def gaussian(d: int = D, dtype=F64) -> GaussianMixture:
 
 
 def variance(sde, t, s0=S0):
-    alpha, std = sde._alpha_std(t)
+    alpha, std = sde.alpha_std(t)
     return alpha.square() * s0**2 + std.square()
 
 
@@ -85,10 +85,10 @@ def ito_integral(phi, bm, a: float, b: float, m: int = 500) -> torch.Tensor:
 
 def exact_forward(sde, x0, bm):
     T = torch.tensor(sde.T, dtype=F64)
-    la = sde._log_alpha
+    la = sde.log_alpha
 
     def phi(s):
-        return torch.exp(la(T) - la(s)) * sde._g2(s).sqrt()
+        return torch.exp(la(T) - la(s)) * sde.g2(s).sqrt()
 
     return torch.exp(la(T)) * x0 + ito_integral(phi, bm, 0.0, sde.T)
 
@@ -97,13 +97,13 @@ def exact_reverse(sde, mu, x_T, bm, eps):
     T, te = torch.tensor(sde.T, dtype=F64), torch.tensor(eps, dtype=F64)
 
     def transfer(t0, t1):  # Phi(t0 -> t1) of the reverse flow, t0 >= t1
-        return variance(sde, t1) / variance(sde, t0) * torch.exp(sde._log_alpha(t0) - sde._log_alpha(t1))
+        return variance(sde, t1) / variance(sde, t0) * torch.exp(sde.log_alpha(t0) - sde.log_alpha(t1))
 
     def phi(tau):
-        return transfer(-tau, te) * sde._g2(-tau).sqrt()
+        return transfer(-tau, te) * sde.g2(-tau).sqrt()
 
     def m(t):
-        return sde._log_alpha(t).exp() * mu
+        return sde.log_alpha(t).exp() * mu
 
     y = transfer(T, te) * (x_T - m(T)) + ito_integral(phi, bm, -sde.T, -eps)
     return y + m(te)
@@ -111,7 +111,7 @@ def exact_reverse(sde, mu, x_T, bm, eps):
 
 def exact_flow(sde, mu, x_s, s: float, t: float):
     ts, tt = torch.tensor(s, dtype=x_s.dtype), torch.tensor(t, dtype=x_s.dtype)
-    a_s, a_t = sde._log_alpha(ts).exp(), sde._log_alpha(tt).exp()
+    a_s, a_t = sde.log_alpha(ts).exp(), sde.log_alpha(tt).exp()
     return a_t * mu + (variance(sde, tt) / variance(sde, ts)).sqrt() * (x_s - a_s * mu)
 
 
@@ -347,11 +347,11 @@ def test_adaptive_solver_past_the_end_gives_no_nan():
     mu = torch.linspace(-1.0, 1.0, D, dtype=F64)
 
     def score(x, t):
-        alpha, std = sde._alpha_std(t)  # unchecked: NaN std for t < 0
+        alpha, std = sde.alpha_std(t)  # unchecked: NaN std for t < 0
         v = (alpha.square() * S0**2 + std.square())[:, None]
         return -(x - alpha[:, None] * mu) / v
 
-    assert torch.isnan(sde._alpha_std(torch.tensor([-1e-3], dtype=F64))[1]).all()
+    assert torch.isnan(sde.alpha_std(torch.tensor([-1e-3], dtype=F64))[1]).all()
     flow = ds.ProbabilityFlowODE(sde, score, t_min=eps)
     raw = RawTimes(flow)
     x_T = sde.prior_sample((B, D), generator=gen(7), dtype=F64)

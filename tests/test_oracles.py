@@ -75,7 +75,7 @@ def test_marginals_solve_fokker_planck(sde):
         dt_logp, grad = torch.autograd.grad(logp.sum(), (t, xg), create_graph=True)
         lap = sum(torch.autograd.grad(grad[:, i].sum(), xg, retain_graph=True)[0][:, i] for i in range(2))
         tt = t.detach()
-        f, g2 = sde._f(tt), sde._g2(tt)
+        f, g2 = sde.f(tt), sde.g2(tt)
         rhs = -2 * f - f * (x * grad).sum(1) + 0.5 * g2 * (lap + grad.square().sum(1))
         # both sides are exact derivatives in float64 (terms up to ~1e3 on VE): relative 1e-9
         torch.testing.assert_close(dt_logp.detach(), rhs.detach(), rtol=1e-9, atol=1e-9)

@@ -24,7 +24,7 @@ def _point_mass_score(sde, c):
     """Exact score of p_t = N(alpha(t) c, std(t)^2 I) for data at the point c."""
 
     def score(x, t):
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
         return -(x - alpha[:, None] * c) / std[:, None] ** 2
 
     return score
@@ -152,7 +152,7 @@ def _gaussian_score(sde, mu: float, s0: float):
     """Exact score of p_t = N(alpha mu, (alpha^2 s0^2 + std^2) I) (cheaper than the mixture oracle)."""
 
     def score(x, t):
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
         a, v = alpha[:, None], (alpha**2 * s0**2 + std**2)[:, None]
         return (a * mu - x) / v
 

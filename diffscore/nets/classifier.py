@@ -72,7 +72,7 @@ class TimeDependentClassifier(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Logits (B, num_classes) for x (B, C, H, W) at times t (B,)."""
-        alpha, std = self.sde._alpha_std(t)
+        alpha, std = self.sde.alpha_std(t)
         scale = (alpha**2 + std**2).rsqrt()
         h = x.flatten(1) * scale[:, None]
         return self.mlp(torch.cat([h, self.embed(t / self.sde.T)], dim=1))

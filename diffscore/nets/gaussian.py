@@ -97,7 +97,7 @@ class GaussianResidualNet(nn.Module):
 
     def gaussian(self, x: Tensor, t: Tensor) -> Tensor:
         """The Gaussian part alone, shaped like x (see the class docstring)."""
-        alpha, std = self.sde._alpha_std(t.to(x.dtype))
+        alpha, std = self.sde.alpha_std(t.to(x.dtype))
         flat = x.reshape(x.shape[0], -1)
         r = (flat - alpha[:, None] * self.mean) @ self.eigvecs
         r = r / (alpha[:, None].square() * self.eigvals + std[:, None].square())

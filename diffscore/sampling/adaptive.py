@@ -144,7 +144,7 @@ def sde_adaptive(
     def reverse_drift(x: Tensor, t: Tensor) -> Tensor:
         nonlocal nfe
         nfe += 1
-        return bcast(sde._f(t), x) * x - bcast(sde._g2(t), x) * score(x, t)
+        return bcast(sde.f(t), x) * x - bcast(sde.g2(t), x) * score(x, t)
 
     memory = _BrownianMemory(brownian_memory, x_T)
     while True:
@@ -176,9 +176,9 @@ def sde_adaptive(
         iters += 1
         h, dw = memory.draw(h, randn(x.shape, generator, x.device, x.dtype))
         t_next = torch.where(h >= t - t_end, t_end, t - h)  # land exactly on eps
-        k1 = -bcast(h, x) * reverse_drift(x, t) + bcast(sde._g2(t).sqrt(), x) * dw
+        k1 = -bcast(h, x) * reverse_drift(x, t) + bcast(sde.g2(t).sqrt(), x) * dw
         x_em = x + k1
-        k2 = -bcast(h, x) * reverse_drift(x_em, t_next) + bcast(sde._g2(t_next).sqrt(), x) * dw
+        k2 = -bcast(h, x) * reverse_drift(x_em, t_next) + bcast(sde.g2(t_next).sqrt(), x) * dw
         x_heun = x + 0.5 * (k1 + k2)
         tol = torch.maximum(x_em.abs(), x_prev.abs()).mul(rtol).clamp_min(atol)
         err = _scaled_norm((x_heun - x_em) / tol, norm)
@@ -194,7 +194,7 @@ def sde_adaptive(
         grow = safety * err.clamp_min(torch.finfo(err.dtype).tiny).pow(-exponent)
         h = torch.minimum(t - t_end, h * grow)
     if denoise:
-        alpha, std = sde._alpha_std(t_end)
+        alpha, std = sde.alpha_std(t_end)
         nfe += 1
         x = (x + bcast(std.square(), x) * score(x, t_end)) / bcast(alpha, x)
         if not float(x.abs().amax()) <= limit:

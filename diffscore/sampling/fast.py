@@ -89,7 +89,7 @@ def karras_sigmas(
         raise ValueError(f"eps must be a real number in [0, T) = [0, {sde.T}), got {eps!r}")
     dtype = dtype or torch.get_default_dtype()
     ends = torch.tensor([sde.T, float(eps)], dtype=dtype, device=device)
-    alpha, std = sde._alpha_std(ends)
+    alpha, std = sde.alpha_std(ends)
     ends = std / alpha
     w = torch.arange(n, dtype=dtype, device=device) / (n - 1)
     inv = ends.pow(1.0 / rho)
@@ -164,12 +164,12 @@ def heun(
     check_stats(stats)
     _check_sde_state(sde, score, x_T)
     sigmas = karras_sigmas(sde, eps, num_steps, rho, device=x_T.device, dtype=x_T.dtype)
-    t = sde._t_from_sigma(sigmas)
+    t = sde.inverse_sigma(sigmas)
     t[0], t[-1] = sde.T, float(eps)
     if denoise and eps > 0:
         sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
         t = torch.cat([t, t.new_zeros(1)])
-    alpha, std = sde._alpha_std(t)
+    alpha, std = sde.alpha_std(t)
     tb = _batch_times(t, x_T.shape[0])
     dsig = sigmas[1:] - sigmas[:-1]
     n_steps = sigmas.shape[0] - 1
@@ -227,9 +227,9 @@ def _dpm_times(sde: SDE, eps: float, num_steps: int, skip_type: str, like: Tenso
         t = torch.lerp(torch.tensor(math.sqrt(sde.T), **kw), torch.tensor(math.sqrt(eps), **kw), w).square()
     else:
         ends = torch.tensor([sde.T, eps], **kw)
-        alpha, std = sde._alpha_std(ends)
+        alpha, std = sde.alpha_std(ends)
         lam = torch.log(alpha / std)
-        t = sde._t_from_sigma(torch.exp(-torch.lerp(lam[0], lam[1], w)))
+        t = sde.inverse_sigma(torch.exp(-torch.lerp(lam[0], lam[1], w)))
     t[0], t[-1] = sde.T, eps
     return t
 
@@ -304,15 +304,15 @@ def dpm_solver(
     t_grid = _dpm_times(sde, eps, k, skip_type, x_T)
 
     # every time the solver visits, computed once: s (step start), s1, s2 (intermediate), t (step end)
-    alpha_g, std_g = sde._alpha_std(t_grid)
+    alpha_g, std_g = sde.alpha_std(t_grid)
     lam_g = torch.log(alpha_g / std_g)
     h = lam_g[1:] - lam_g[:-1]
     # r1, r2 of each step (Lu et al.: 1/2 for DPM-Solver-2, 1/3 and 2/3 for -3; unused entries set to 1)
     r = torch.tensor([[0.5, 1.0] if o == 2 else [1 / 3, 2 / 3] for o in orders], dtype=x_T.dtype)
     r = r.to(x_T.device)
     lam_mid = lam_g[:-1, None] + r * h[:, None]  # (K, 2)
-    t_mid = sde._t_from_sigma(torch.exp(-lam_mid))
-    alpha_mid, std_mid = sde._alpha_std(t_mid)
+    t_mid = sde.inverse_sigma(torch.exp(-lam_mid))
+    alpha_mid, std_mid = sde.alpha_std(t_mid)
     em1_h = torch.expm1(h)
     em1_rh = torch.expm1(r * h[:, None])
     phi2_h = em1_h / h - 1  # (e^h - 1) / h - 1

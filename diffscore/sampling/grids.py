@@ -43,7 +43,7 @@ def check_grid(grid: str, sde: SDE, eps: float) -> str:
     if grid not in GRIDS:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
     if grid in ("logsnr", "karras"):
-        alpha, std = sde._alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
+        alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
         if not float(std[0] / alpha[0]) > 0:
             raise ValueError(
                 f"grid {grid!r} needs sigma(eps) > 0 (lambda(eps) is infinite at eps = {eps}): use eps > 0 "
@@ -54,7 +54,7 @@ def check_grid(grid: str, sde: SDE, eps: float) -> str:
 
 def _ends(sde: SDE, eps: float, like: Tensor) -> tuple[Tensor, Tensor]:
     ends = torch.tensor([sde.T, float(eps)], dtype=like.dtype, device=like.device)
-    alpha, std = sde._alpha_std(ends)
+    alpha, std = sde.alpha_std(ends)
     return ends, std / alpha
 
 
@@ -74,16 +74,16 @@ def grid_time(sde: SDE, eps: float, grid: str, u: Tensor) -> tuple[Tensor, Tenso
     if grid == "logsnr":
         lam = -sig.log()
         lam_u = lam[0] + u * (lam[1] - lam[0])
-        t = sde._t_from_sigma(torch.exp(-lam_u))
-        dlam_dt = -sde._g2(t) / (2 * sde._var(t))
+        t = sde.inverse_sigma(torch.exp(-lam_u))
+        dlam_dt = -sde.g2(t) / (2 * sde.var(t))
         return t, (lam[1] - lam[0]) / dlam_dt
     # karras
     a, b = sig[0] ** (1 / RHO), sig[1] ** (1 / RHO)
     r = a + u * (b - a)
     sigma = r**RHO
-    t = sde._t_from_sigma(sigma)
+    t = sde.inverse_sigma(sigma)
     dsigma_du = RHO * r ** (RHO - 1) * (b - a)
-    dsigma_dt = sigma * sde._g2(t) / (2 * sde._var(t))  # d sigma/dt = -sigma d lambda/dt
+    dsigma_dt = sigma * sde.g2(t) / (2 * sde.var(t))  # d sigma/dt = -sigma d lambda/dt
     return t, dsigma_du / dsigma_dt
 
 
@@ -102,5 +102,5 @@ def time_grid(sde: SDE, eps: float, num_steps: int, grid: str, like: Tensor) -> 
 
 def lambda_of(sde: SDE, t: Tensor) -> Tensor:
     """``lambda(t) = log(alpha(t) / std(t))`` (Lu et al. 2022's half log-SNR); +inf where std = 0."""
-    alpha, std = sde._alpha_std(t)
+    alpha, std = sde.alpha_std(t)
     return torch.log(alpha) - torch.log(std)

@@ -53,7 +53,7 @@ class _Grid:
 
     def __init__(self, sde: SDE, eps: float, num_steps: int, grid: str, x_T: Tensor) -> None:
         t64 = time_grid(sde, eps, num_steps, grid, torch.zeros((), dtype=torch.float64))
-        alpha, std = sde._alpha_std(t64)
+        alpha, std = sde.alpha_std(t64)
         self.times = t64.tolist()
         self.alpha = alpha.tolist()
         self.std = std.tolist()
@@ -83,7 +83,7 @@ def _check_common(sde: SDE, score: ScoreFn, x_T: Tensor, eps: float, num_steps: 
         raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps!r}")
     n = check_int("num_steps", num_steps, 1)
     check_grid(grid, sde, eps)
-    alpha, std = sde._alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
+    alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
     if not float(std[0]) > 0:
         raise ValueError(
             f"eps = {eps} is where std(t) = 0 and lambda = +inf: the exponential integrators need eps > 0"

@@ -84,7 +84,7 @@ class PCSchedule:
             t64 = time_grid(sde, eps, num_steps, grid, torch.zeros((), dtype=torch.float64))
             times = t64.tolist()
             t = t64.to(dtype=like.dtype, device=like.device)
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
         h = t[:-1] - t[1:]
         a, q = sde.transition(t[1:], t[:-1])
         c = sde.transition((t[1:] - h).clamp_min(0), t[1:])[0].square()
@@ -94,8 +94,8 @@ class PCSchedule:
             alpha=alpha,
             var=std.square(),
             h=h,
-            f=sde._f(t[:-1]),
-            g2=sde._g2(t[:-1]),
+            f=sde.f(t[:-1]),
+            g2=sde.g2(t[:-1]),
             a=a,
             q2=q.square(),
             corrector_alpha=torch.cat([torch.ones_like(c[:1]), c]),

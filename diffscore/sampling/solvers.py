@@ -174,11 +174,11 @@ class GridReverseSDE(ReverseSDE):
         t, speed = self._time(u, y)
         x = y.view((y.shape[0],) + self.shape)
         s = self._score(x, t).reshape(y.shape)
-        return (self.sde._g2(t)[:, None] * s - self.sde._f(t)[:, None] * y) * speed[:, None]
+        return (self.sde.g2(t)[:, None] * s - self.sde.f(t)[:, None] * y) * speed[:, None]
 
     def g(self, u: Tensor, y: Tensor) -> Tensor:
         t, speed = self._time(u, y)
-        return (self.sde._g2(t) * speed).sqrt()[:, None].expand_as(y)
+        return (self.sde.g2(t) * speed).sqrt()[:, None].expand_as(y)
 
 
 @torch.no_grad()

@@ -259,7 +259,7 @@ def _check_sampler(config: TrainConfig) -> None:
     sde = sde_from_config({"name": config.sde, **config.sde_options})
 
     def score(x: Tensor, t: Tensor) -> Tensor:
-        alpha, std = sde._alpha_std(t)
+        alpha, std = sde.alpha_std(t)
         return -x / (alpha**2 + std**2)[:, None]
 
     try:
