@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, bcast, check_positive
+from ._checks import as_time, bcast, check_callable, check_choice, check_instance, check_positive
 from .io import (
     read_json,
     read_tensors,
@@ -70,14 +70,9 @@ class ScoreModel(nn.Module):
         event_shape: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        if not callable(net):
-            raise TypeError("net must be callable: net(x, t) -> like x")
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(
-                f"parameterization must be one of {sorted(PARAMETERIZATIONS)}, got {parameterization!r}"
-            )
+        check_callable("net", net, "net(x, t) -> like x")
+        check_instance("sde", sde, SDE, "a diffscore SDE")
+        check_choice("parameterization", parameterization, sorted(PARAMETERIZATIONS))
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
