@@ -19,21 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import (
-    CheckedScore,
-    Generator,
-    StepSizeUnderflowError,
-    bcast,
-    check_int,
-    check_positive,
-    check_solve_eps,
-    check_stats,
-    randn,
-    state_limit,
-)
+from .._checks import CheckedScore, Generator, StepSizeUnderflowError, bcast, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .fast import _check_sde_state
 
 __all__ = ["sde_adaptive"]
 
@@ -52,21 +40,22 @@ def _scaled_norm(e: Tensor, q: float) -> Tensor:
 def sde_adaptive(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    rtol: float = 0.01,
-    atol: float = 0.0078,
-    h_init: float = 0.01,
-    safety: float = 0.9,
-    exponent: float = 0.9,
-    norm: float = 2.0,
-    brownian_memory: int = 4,
-    max_iters: int = 100_000,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    rtol: float,
+    atol: float,
+    h_init: float,
+    safety: float,
+    exponent: float,
+    norm: float,
+    brownian_memory: int,
+    max_iters: int,
+    denoise: bool,
 ) -> Tensor:
-    """Reverse-time SDE (Song et al. 2021, eq. 6) from T to eps with error-controlled step sizes
+    """Reverse-time SDE (Song et al. 2021, eq. 6) from ``ts[0]`` to ``ts[1]`` with error-controlled step sizes
     (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
     With ``F(x, t) = f(t) x - g(t)^2 score(x, t)`` and one draw ``z ~ N(0, I)`` per attempt:
@@ -80,8 +69,8 @@ def sde_adaptive(
 
     Args:
         sde, score: the forward SDE and ``score(x, t)`` (t a (B,) tensor; times differ per sample).
-        x_T: (B, *shape) state at T.
-        eps: end time in [0, T).
+        x: (B, *shape) state at ``ts[0]``.
+        ts: ``[t_start, eps]`` (float64), std(eps) > 0.
         generator: a torch.Generator or a list of B of them (one per sample) for the draws.
         rtol, atol: relative and absolute tolerances (the paper: atol = 0.0078 for data in [-1, 1],
             rtol 0.01 to 0.05). Units of x.
@@ -102,38 +91,15 @@ def sde_adaptive(
             ``rejected`` (rejected attempts summed over samples).
 
     Returns:
-        Samples shaped like ``x_T``, at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: non-positive tolerances, ``h_init``, ``safety``, ``exponent``; ``norm``
-            < 1; ``eps`` outside [0, T) or with ``std(eps) = 0``; a bad ``sde``/``score``/``x_T``/
-            ``generator``; a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like
-            the state (ValueError).
-        FloatingPointError: the state or the error estimate turned non-finite, or the state left the
-            plausible range ``|x| <= 1e4 prior stds`` (names the time of the first bad sample).
-        StepSizeUnderflowError: a sample's step size fell below what its time resolves (``t - h == t``).
-        RuntimeError: ``max_iters`` reached before every sample reached eps (names the times and the
-            step sizes reached).
+        Samples shaped like ``x``, at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    _check_sde_state(sde, score, x_T)
     score = CheckedScore(score)  # raises naming the score for an output not shaped like the state
-    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    h_init, safety = check_positive("h_init", h_init), check_positive("safety", safety)
-    exponent = check_positive("exponent", exponent)
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm >= 1:
-        raise ValueError(f"norm must be a real number >= 1 (or math.inf), got {norm!r}")
-    max_iters = check_int("max_iters", max_iters, 1)
-    brownian_memory = check_int("brownian_memory", brownian_memory, 0)
-    if brownian_memory == 1:
-        raise ValueError("brownian_memory must be 0 (no memory) or >= 2")
-    # the second stage evaluates the score at t_next = eps: refused where std(eps) = 0
-    eps = check_solve_eps(sde, eps)
+    t_start, eps = ts.tolist()
+    x_T = x
     b = x_T.shape[0]
     kw = dict(dtype=x_T.dtype, device=x_T.device)
-    t = torch.full((b,), sde.T, **kw)
-    h = torch.full((b,), min(h_init, sde.T - eps), **kw)
+    t = torch.full((b,), t_start, **kw)
+    h = torch.full((b,), min(h_init, t_start - eps), **kw)
     t_end = torch.full((b,), float(eps), **kw)
     rejected = torch.zeros((), dtype=torch.long, device=x_T.device)
     bad = torch.zeros((b,), dtype=torch.bool, device=x_T.device)  # a NaN/inf error estimate last step
