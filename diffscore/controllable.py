@@ -32,6 +32,7 @@ from ._checks import (
     check_data,
     check_eps,
     check_latent,
+    check_mask,
     check_positive,
     check_score_output,
     rand,
@@ -39,7 +40,6 @@ from ._checks import (
     state_limit,
 )
 from .sampling.gate import check_inputs
-from .sampling.langevin import _check_mask
 from .sampling.pc import pc_sample
 from .score import ScoreFn
 from .sde import SDE
@@ -131,7 +131,7 @@ def inpaint(
         raise ValueError(f"known_noise must be one of {KNOWN_NOISE}, got {known_noise!r}")
     if not callable(score):
         raise TypeError("score must be callable: score(x, t) -> like x")
-    mask = _check_mask(mask, x_known)
+    mask = check_mask(mask, x_known)
     known = torch.broadcast_to(mask.bool(), x_known.shape)
     if "constraint" in pc_options:
         raise TypeError("inpaint sets the pc option 'constraint' itself (to the known entries)")

@@ -19,9 +19,7 @@ from diffscore.oracles import GaussianMixture
 from diffscore.sampling import (
     GRIDS,
     default_eps,
-    dpmpp,
     time_grid,
-    unipc,
 )
 from diffscore.sampling.grids import grid_time, lambda_of
 from diffscore.sampling.multistep import dpmpp_orders
@@ -98,9 +96,8 @@ ORDER_CASES = [
 @pytest.mark.parametrize("method,options,expected", ORDER_CASES)
 def test_multistep_solvers_have_their_order_on_gaussian_data(sde, method, options, expected):
     score, x_T, eps, exact = gaussian_case(sde)
-    fn = {"dpmpp": dpmpp, "unipc": unipc}[method]
     errors = [
-        rms(fn(sde, score, x_T, eps, num_steps=m, lower_order_final=False, **options), exact)
+        rms(run(method, sde, score, x_T, eps, num_steps=m, lower_order_final=False, **options), exact)
         for m in (128, 256)
     ]
     observed = math.log2(errors[0] / errors[1])

@@ -22,6 +22,8 @@ from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS
 
 from .._checks import (
     Generator,
+    check_choice,
+    check_count,
     check_eps,
     check_float_dtype,
     check_int,
@@ -141,8 +143,7 @@ def check_inputs(
     the method's time grid (float64, host) and ``own_options`` the method's remaining options.
     ``shape`` None takes the shape of ``x_T`` (for callers that always pass it).
     """
-    if method not in DEFAULTS:
-        raise ValueError(f"method must be one of {sorted(DEFAULTS)}, got {method!r}")
+    check_choice("method", method, sorted(DEFAULTS))
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
     if not callable(score):
@@ -185,12 +186,6 @@ def _ends(t_start: float, eps: float) -> Tensor:
     return torch.tensor([t_start, eps], dtype=torch.float64)
 
 
-def _check_int_at_least_1(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 def _check_order(order: Any) -> int:
     if isinstance(order, bool) or order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
@@ -199,17 +194,15 @@ def _check_order(order: Any) -> int:
 
 # ---- per method: check its options, build its grid; (sde, eps, t_start, options) -> (ts, own) -----------
 def _ode(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-    if o["solver"] not in ODE_SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(ODE_SOLVERS)} for method='ode', got {o['solver']!r}")
+    check_choice("solver", o["solver"], sorted(ODE_SOLVERS), " for method='ode'")
     eps = check_solve_eps(sde, eps)
     _ode_kwargs(o["rtol"], o["atol"], o["solver"], o["options"], None, name="solver")
     return _ends(t_start, eps), o
 
 
 def _sde(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-    if o["solver"] not in SDE_METHODS:
-        raise ValueError(f"solver must be one of {sorted(SDE_METHODS)} for method='sde', got {o['solver']!r}")
-    _check_int_at_least_1("num_steps", o["num_steps"])
+    check_choice("solver", o["solver"], sorted(SDE_METHODS), " for method='sde'")
+    check_count("num_steps", o["num_steps"], 1)
     check_positive("rtol", o["rtol"])
     check_positive("atol", o["atol"])
     eps = check_solve_eps(sde, eps)
@@ -218,14 +211,11 @@ def _sde(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tenso
 
 
 def _pc(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
-    if o["predictor"] not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {o['predictor']!r}")
-    if o["corrector"] not in CORRECTORS:
-        raise ValueError(f"corrector must be one of {sorted(CORRECTORS)}, got {o['corrector']!r}")
+    check_choice("predictor", o["predictor"], sorted(PREDICTORS))
+    check_choice("corrector", o["corrector"], sorted(CORRECTORS))
     check_positive("snr", o["snr"])
-    n = _check_int_at_least_1("num_steps", o.pop("num_steps"))
-    if isinstance(o["n_steps"], bool) or not isinstance(o["n_steps"], int) or o["n_steps"] < 0:
-        raise ValueError(f"n_steps must be an int >= 0, got {o['n_steps']!r}")
+    n = check_count("num_steps", o.pop("num_steps"), 1)
+    check_count("n_steps", o["n_steps"], 0)
     grid = check_grid(o.pop("grid"), sde, eps)
     return time_grid(sde, eps, n, grid, t_start=t_start), o
 
@@ -242,9 +232,7 @@ def _dpm_solver(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tupl
             f"eps must lie in (0, T) = (0, {sde.T}) for dpm_solver (lambda(0) = inf), got {eps!r}"
         )
     order = _check_order(o.pop("order"))
-    skip_type = o.pop("skip_type")
-    if skip_type not in DPM_SKIP_TYPES:
-        raise ValueError(f"skip_type must be one of {tuple(DPM_SKIP_TYPES)}, got {skip_type!r}")
+    skip_type = check_choice("skip_type", o.pop("skip_type"), tuple(DPM_SKIP_TYPES))
     num_steps, nfe = o.pop("num_steps"), o.pop("nfe")
     if nfe is not None:
         if num_steps is not None:
@@ -265,8 +253,8 @@ def _multistep(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple
         )
     if "order" in o:
         _check_order(o["order"])
-    if "variant" in o and o["variant"] not in UNIPC_VARIANTS:
-        raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {o['variant']!r}")
+    if "variant" in o:
+        check_choice("variant", o["variant"], UNIPC_VARIANTS)
     if "use_corrector" in o and not isinstance(o["use_corrector"], bool):
         raise TypeError(f"use_corrector must be True or False, got {o['use_corrector']!r}")
     if o["lower_order_final"] is None:  # dpmpp: the papers' code lowers the final orders below 15 steps

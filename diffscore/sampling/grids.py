@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_choice
 from ..sde import SDE
 
 __all__ = ["GRIDS", "time_grid", "grid_time", "check_grid", "lambda_of"]
@@ -41,8 +42,7 @@ def check_grid(grid: str, sde: SDE, eps: float) -> str:
         ValueError: ``grid`` not in ``GRIDS``; a log-SNR or Karras grid to a time where sigma = 0
             (eps = 0 with a kernel whose std vanishes at t = 0: lambda is infinite there).
     """
-    if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    check_choice("grid", grid, GRIDS)
     if grid in ("logsnr", "karras"):
         alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
         if not float(std[0] / alpha[0]) > 0:
