@@ -48,7 +48,7 @@ def test_every_method_is_covered():
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))
-@pytest.mark.parametrize("d", [1, 64])
+@pytest.mark.parametrize("d", [1, pytest.param(64, marks=pytest.mark.slow)])  # D = 64: most of the time
 @pytest.mark.parametrize("fraction", [0.5, 0.1])
 @pytest.mark.parametrize("make", [VESDE, VPSDE, SubVPSDE], ids=["ve", "vp", "subvp"])
 def test_start_below_T_reproduces_the_data(make, fraction, d, method):

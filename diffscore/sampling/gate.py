@@ -98,7 +98,7 @@ DPM_SKIP_TYPES = {"logSNR": "logsnr", "time_uniform": "time_uniform", "time_quad
 def default_options(sde: SDE, method: str, num_steps: int | None = None) -> dict[str, Any]:
     """The options ``method`` runs with when the caller gives none, for this SDE and step budget.
 
-    Today the same for every SDE and step budget (the table ``DEFAULTS``); ``num_steps``, when given,
+    The same for every SDE and step budget (the table ``DEFAULTS``); ``num_steps``, when given,
     replaces the default number of steps.
     """
     options = dict(DEFAULTS[method])

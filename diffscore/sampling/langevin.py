@@ -88,6 +88,28 @@ def _limit(x0: Tensor, scale: float = 1.0) -> float:
     return PLAUSIBLE_FACTOR * max(1.0, float(scale), float(x0.detach().abs().amax()))
 
 
+def _finish(
+    x: Tensor,
+    score_sigma: Callable[[Tensor, Tensor], Tensor],
+    sigmas: Tensor,
+    levels: list[float],
+    monitor: FiniteMonitor,
+    k: int,
+    n_steps_each: int,
+    denoise: bool,
+    stats: dict[str, Any] | None,
+) -> Tensor:
+    """After k annealed Langevin steps: Tweedie's step at sigma_L (``denoise``), the check, ``nfe``.
+    ``levels``: ``sigmas`` on the host."""
+    if denoise:
+        x = x + levels[-1] ** 2 * score_sigma(x, sigmas[-1].expand(x.shape[0]))
+        monitor.update(x, k - 1)
+    _raise_if_bad(monitor, lambda k: f"sigma = {levels[k // n_steps_each]:.6g} (step {k})")
+    if stats is not None:
+        stats["nfe"] = k + int(denoise)
+    return x
+
+
 def _raise_if_bad(monitor: FiniteMonitor, where: Callable[[int], str]) -> None:
     """After the loop (one host sync): FloatingPointError naming where the first bad step was."""
     i = monitor.first_bad()
@@ -196,12 +218,7 @@ def annealed_langevin(
             k += 1
             if callback is not None:
                 callback(i, t, x)
-    if denoise:
-        x = x + levels[-1] ** 2 * score_sigma(x, sigmas[-1].expand(batch))
-        monitor.update(x, k - 1)
-    _raise_if_bad(monitor, lambda k: f"sigma = {levels[k // n_steps_each]:.6g} (step {k})")
-    if stats is not None:
-        stats["nfe"] = k + int(denoise)
+    x = _finish(x, score_sigma, sigmas, levels, monitor, k, n_steps_each, denoise, stats)
     return x
 
 
@@ -264,10 +281,5 @@ def annealed_langevin_inpaint(
             x = (1 - mask) * x + mask * y
             monitor.update(x, k)
             k += 1
-    if denoise:
-        x = x + levels[-1] ** 2 * score_sigma(x, sigmas[-1].expand(batch))
-        monitor.update(x, k - 1)
-    _raise_if_bad(monitor, lambda k: f"sigma = {levels[k // n_steps_each]:.6g} (step {k})")
-    if stats is not None:
-        stats["nfe"] = k + int(denoise)
+    x = _finish(x, score_sigma, sigmas, levels, monitor, k, n_steps_each, denoise, stats)
     return torch.where(mask.bool(), x_known, x)

@@ -165,7 +165,7 @@ def langevin_corrector(
 def langevin_score_norm_corrector(
     x: Tensor, score: ScoreFn, sch: PCSchedule, k: int, snr: float, generator: Generator
 ) -> Tensor:
-    """The per-sample signal-to-noise step of Algorithms 4-5 (diffscore's default before issue 10):
+    """The per-sample signal-to-noise step of Algorithms 4-5, as the paper's code writes it:
     ``step = 2 alpha (snr E||z|| / ||s||)^2`` with each sample's own score norm ``||s||``.
 
     Kept for comparison only: a step that depends on the state through ``||s(x)||`` samples from
