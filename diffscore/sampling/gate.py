@@ -29,6 +29,7 @@ from .._checks import (
     check_int,
     check_latent,
     check_positive,
+    check_real,
     check_shape,
     check_solve_eps,
     check_stats,
@@ -173,13 +174,10 @@ def check_inputs(
 
 
 def _check_t_start(sde: SDE, eps: float, t_start: float | None) -> float:
-    if t_start is None:
-        return float(sde.T)
-    if isinstance(t_start, bool) or not isinstance(t_start, (int, float)):
-        raise TypeError(f"t_start must be a real number in (eps, T], got {type(t_start).__name__}")
+    t_start = float(sde.T) if t_start is None else check_real("t_start", t_start)
     if not eps < t_start <= sde.T:
         raise ValueError(f"t_start must lie in (eps, T] = ({eps}, {sde.T}], got {t_start}")
-    return float(t_start)
+    return t_start
 
 
 def _ends(t_start: float, eps: float) -> Tensor:
