@@ -21,7 +21,9 @@ WEIGHTS = (0.3, 0.7)
 #: the stochastic fixed-step ones with steps of T / 200 (see STEPS)
 OPTIONS = {
     "pc": dict(denoise=False),
-    "heun": dict(denoise=False),
+    # heun: EDM's 18 levels leave a 3.2% variance error on sub-VP from T/2 (discretization: 40 levels
+    # give 0.4%, 80 give 1.0%, dopri5 1.1%, measured on this mixture, D = 1)
+    "heun": dict(denoise=False, num_steps=40),
     "sde": dict(),
     "sde_adaptive": dict(),
     "ode": dict(),
