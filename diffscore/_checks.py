@@ -53,6 +53,38 @@ def check_int(name: str, value: int, low: int, *, value_error: bool = False) -> 
     return value
 
 
+def check_count(name: str, value: int, low: int) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``low``; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Any, where: str = "") -> Any:
+    """Return ``value`` if it is one of ``choices``; ValueError naming ``name`` and the choices (as
+    ``choices`` prints) otherwise. ``where``: an addition to the message, e.g. " for method='sde'"."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}{where}, got {value!r}")
+    return value
+
+
+def check_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
+    """Validate a 0/1 mask broadcastable to ``like``; return it in ``like``'s dtype and device."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of 0/1 entries, got {type(mask).__name__}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, like.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(like.shape)}"
+        ) from err
+    if shape != like.shape:
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(like.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must contain only 0 (unknown) and 1 (known) entries")
+    return mask.to(dtype=like.dtype, device=like.device)
+
+
 def check_positive(name: str, value: float) -> float:
     """Return ``float(value)`` or raise TypeError (not a real number; a bool is refused) or ValueError
     (NaN, infinite or <= 0) naming ``name``."""
@@ -107,13 +139,6 @@ def _is_real_scalar(v: object) -> bool:
     if isinstance(v, Tensor):
         return v.numel() == 1 and v.dtype != torch.bool and not v.is_complex()
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> Any:
-    """Return ``value``, or raise ValueError "``name`` must be one of ``choices``" unless it is one."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 def check_instance(name: str, value: Any, cls: type, what: str) -> Any:
