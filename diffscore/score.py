@@ -220,9 +220,9 @@ class ScoreModel(nn.Module):
 
         Raises:
             FileNotFoundError: ``directory``, its ``config.json`` or its ``model.safetensors`` is missing.
-            ValueError: a corrupt or unreadable file, a config that is not a ScoreModel's, or weights that
-                do not fit the network the config describes (missing, unexpected or mis-shaped tensors);
-                every message names the path.
+            ValueError: a corrupt or unreadable file, a config that is not a ScoreModel's (metadata the
+                card cannot read included), or weights that do not fit the network the config describes
+                (missing, unexpected or mis-shaped tensors); every message names the path.
         """
         from . import nets
 

@@ -230,6 +230,8 @@ def test_from_pretrained_carries_the_card(saved_model, digits):
     # a model with no metadata (built in code, or converted without a training run): the defaults
     assert ds.ModelCard.from_metadata({}) == ds.ModelCard()
     assert ds.ModelCard().training_data.dataset == "digits" and ds.ModelCard().image_shape is None
+    with pytest.raises(ValueError):  # from_pretrained names config.json in the message
+        ds.ModelCard.from_metadata({"data_range": [-1.0]})
 
 
 def test_from_pretrained_missing(tmp_path, saved_model):
