@@ -17,7 +17,7 @@ returned image is the denoised state (Tweedie's formula at eps) with the known e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ from ._checks import (
     randn,
     state_limit,
 )
+from .nets.classifier import fit_classifier
 from .sampling.gate import check_inputs
 from .sampling.pc import pc_sample
 from .score import ScoreFn
@@ -400,13 +401,13 @@ def train_time_dependent_classifier(
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     opt = torch.optim.Adam(classifier.parameters(), lr=check_positive("lr", lr))
     gen_device = generator.device if generator is not None else "cpu"
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=gen_device)
-        idx = idx.to(data.device)
-        loss = noisy_classifier_loss(classifier, sde, data[idx], labels[idx], eps, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    return torch.stack(losses).tolist()
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for _ in range(steps):
+            idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=gen_device)
+            yield data[idx.to(data.device)], labels[idx.to(data.device)]
+
+    def loss(x0: Tensor, y: Tensor) -> Tensor:
+        return noisy_classifier_loss(classifier, sde, x0, y, eps, generator)
+
+    return fit_classifier(opt, batches(), loss)
