@@ -55,6 +55,7 @@ class BinPosteriorNet(nn.Module):
         hidden, depth: width and residual blocks of the MLP. dropout: in the blocks.
         input_dropout: dropout on the noisy image fed to the MLP (not on the Gaussian term).
         embed_dim: Fourier features of the log-SNR (even). fourier_scale: std of their frequencies.
+        prior_mean_input: feed the MLP the posterior mean of the independent-pixel model beside z.
 
     ``forward(z, t)``: z (B, *shape) with prod(shape) = D, t (B,) -> (B, *shape). Use with
     ``ScoreModel(net, sde, parameterization="noise")``.
@@ -72,6 +73,7 @@ class BinPosteriorNet(nn.Module):
         input_dropout: float = 0.2,
         embed_dim: int = 32,
         fourier_scale: float = 1.0,
+        prior_mean_input: bool = True,
     ) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("hidden", hidden), ("depth", depth), ("num_bins", num_bins)):
@@ -99,7 +101,9 @@ class BinPosteriorNet(nn.Module):
             input_dropout=float(input_dropout),
             embed_dim=embed_dim,
             fourier_scale=float(fourier_scale),
+            prior_mean_input=bool(prior_mean_input),
         )
+        self.prior_mean_input = bool(prior_mean_input)
         self.sde = sde_from_config(sde)
         self.dim, self.num_bins = dim, num_bins
         k = torch.arange(num_bins, dtype=torch.get_default_dtype())
@@ -108,7 +112,7 @@ class BinPosteriorNet(nn.Module):
         self.embed = GaussianFourierProjection(embed_dim // 2, fourier_scale)
         self.temb = nn.Linear(embed_dim, hidden)
         self.input_dropout = nn.Dropout(input_dropout)
-        self.fc_in = nn.Linear(dim, hidden)
+        self.fc_in = nn.Linear(2 * dim if self.prior_mean_input else dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, dropout) for _ in range(depth))
         self.fc_out = nn.Linear(hidden, dim * num_bins)
         nn.init.zeros_(self.fc_out.weight)
@@ -130,13 +134,18 @@ class BinPosteriorNet(nn.Module):
         zf = z.reshape(z.shape[0], -1)
         lam = 2 * alpha.log() - 2 * std.log()
         temb = F.silu(self.temb(self.embed(lam / 10)))
+        gauss = -(zf[..., None] - alpha[:, None, None] * self.centres).square() / (
+            2 * std[:, None, None].square()
+        )
+        prior = gauss + self.bin_logits  # the exact posterior of the independent-pixel model
         scale = (alpha.square() + std.square()).rsqrt()[:, None]  # keeps the MLP's input near unit scale
-        h = self.fc_in(self.input_dropout(zf * scale))
+        features = zf * scale
+        if self.prior_mean_input:  # and that model's posterior mean, a denoised image at every noise level
+            features = torch.cat([features, (prior.softmax(-1) * self.centres).sum(-1)], dim=1)
+        h = self.fc_in(self.input_dropout(features))
         for block in self.blocks:
             h = block(h, temb)
-        correction = self.fc_out(F.silu(h)).reshape(zf.shape[0], self.dim, self.num_bins)
-        gauss = -(zf[..., None] - alpha[:, None, None] * self.centres).square()
-        return gauss / (2 * std[:, None, None].square()) + self.bin_logits + correction
+        return prior + self.fc_out(F.silu(h)).reshape(zf.shape[0], self.dim, self.num_bins)
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         if z.ndim < 2 or z.shape[0] == 0 or z[0].numel() != self.dim:

@@ -41,8 +41,10 @@ class BoundTrainingConfig:
 
     net_options: :class:`~diffscore.nets.BinPosteriorNet` arguments (hidden, depth, dropout, ...).
     lr, weight_decay (AdamW), batch_size, max_steps, max_seconds (wall-clock budget of the loop),
+    ema_rate (0: none; else the validation and the selection use the EMA weights),
     eval_every (steps between validation bounds), patience (evaluations without improvement before
-    stopping), val_samples (bound draws per validation image), eps (the decoder's time), seed.
+    stopping), val_samples (bound draws per validation image), eps (the decoder's time), seed,
+    test_samples (bound draws per test image in a training run's report).
     """
 
     net_options: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +57,9 @@ class BoundTrainingConfig:
     patience: int = 10
     val_samples: int = 8
     eps: float = 1e-5
+    ema_rate: float = 0.0
     seed: int = 0
+    test_samples: int = 256
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> BoundTrainingConfig:
@@ -124,14 +128,17 @@ def train_bound_model(
     gen = torch.Generator(device).manual_seed(config.seed)
     proposal = LogSNRProposal(*log_snr_range(sde, config.eps))
 
+    ema = copy.deepcopy(model).eval() if config.ema_rate > 0 else None
+    scored = ema if ema is not None else model
+
     def evaluate() -> float:
         model.eval()
-        value = validation_bound(model, val_int, num_bins, data_range, config.val_samples, config.eps, 777)
+        value = validation_bound(scored, val_int, num_bins, data_range, config.val_samples, config.eps, 777)
         model.train()
         return value
 
     best = evaluate()
-    best_state, best_step, history = copy.deepcopy(model.state_dict()), 0, [(0, best)]
+    best_state, best_step, history = copy.deepcopy(scored.state_dict()), 0, [(0, best)]
     start, since_best, step = time.perf_counter(), 0, 0
     model.train()
     while step < config.max_steps and time.perf_counter() - start < config.max_seconds:
@@ -145,6 +152,10 @@ def train_bound_model(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+                    p_ema.lerp_(p, 1 - config.ema_rate)
         step += 1
         if step % 50 == 0:
             proposal.fit()
@@ -152,7 +163,7 @@ def train_bound_model(
             value = evaluate()
             history.append((step, value))
             if value < best:
-                best, best_state, best_step, since_best = value, copy.deepcopy(model.state_dict()), step, 0
+                best, best_state, best_step, since_best = value, copy.deepcopy(scored.state_dict()), step, 0
             else:
                 since_best += 1
             if echo is not None:
