@@ -229,10 +229,11 @@ PRESETS: dict[str, TrainConfig] = {
         lr_schedule="cosine",
         sample_options={"num_steps": 500, "eps": 0.1, "grid": "logsnr"},
         bound_model={
-            "net_options": {"hidden": 256, "depth": 2, "dropout": 0.5, "input_dropout": 0.4},
+            "net_options": {"hidden": 512, "depth": 2, "dropout": 0.5, "input_dropout": 0.4},
             "lr": 2e-3,
+            "weight_decay": 0.05,
             "batch_size": 128,
-            "ema_rate": 0.98,
+            "ema_rate": 0.995,
             "max_steps": 1500,
             "max_seconds": 300.0,
             "eval_every": 50,
