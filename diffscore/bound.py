@@ -45,6 +45,8 @@ __all__ = [
     "variational_bound",
     "likelihood_bound",
     "elbo_terms",
+    "categorical_decoder",
+    "gaussian_decoder",
     "log_snr",
     "log_snr_range",
     "bin_centres",
@@ -90,7 +92,7 @@ def bin_centres(num_bins: int, data_range: tuple[float, float], like: Tensor) ->
     return lo + (hi - lo) * (k + 0.5) / num_bins
 
 
-def _categorical_decoder(x_int: Tensor, centres: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+def categorical_decoder(x_int: Tensor, centres: Tensor) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """-log p(x | z) (B,) of VDM's per-dimension categorical decoder at (alpha, std) (each (B,))."""
     idx = x_int.reshape(x_int.shape[0], -1, 1).long()
 
@@ -103,7 +105,7 @@ def _categorical_decoder(x_int: Tensor, centres: Tensor) -> Callable[[Tensor, Te
     return nll
 
 
-def _gaussian_decoder(d: int) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+def gaussian_decoder(d: int) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     """E_z[-log N(x; z / alpha, std^2 / alpha^2 I)] = D/2 log(2 pi e std^2 / alpha^2), (B,)."""
 
     def nll(z: Tensor, alpha: Tensor, std: Tensor) -> Tensor:
@@ -300,7 +302,7 @@ def variational_bound(
     check_data("x", x)
     eps = _check_bound_args(sde, eps, n_samples, importance)
     return _estimate(
-        sde, score, x, _gaussian_decoder(x[0].numel()), eps, n_samples, generator, prior_logp, importance
+        sde, score, x, gaussian_decoder(x[0].numel()), eps, n_samples, generator, prior_logp, importance
     )
 
 
@@ -352,7 +354,7 @@ def likelihood_bound(
     centres = bin_centres(num_bins, (lo, hi), xf)
     x = lo + (hi - lo) * (xf + 0.5) / num_bins
     res = _estimate(
-        sde, score, x, _categorical_decoder(xf, centres), eps, n_samples, generator, None, importance
+        sde, score, x, categorical_decoder(xf, centres), eps, n_samples, generator, None, importance
     )
     scale = x[0].numel() * math.log(2)
     res.bpd, res.bpd_stderr = res.nll / scale, res.stderr / scale

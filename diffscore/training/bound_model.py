@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ..bound import (
     LogSNRProposal,
-    _categorical_decoder,
     bin_centres,
+    categorical_decoder,
     elbo_terms,
     likelihood_bound,
     log_snr_range,
@@ -146,7 +146,7 @@ def train_bound_model(
         x, x_int = x_all[idx], train_int[idx]
         u = torch.rand(config.batch_size, generator=gen, device=device, dtype=x.dtype)
         terms = elbo_terms(
-            sde, model, x, _categorical_decoder(x_int, centres), config.eps, u, gen, proposal=proposal
+            sde, model, x, categorical_decoder(x_int, centres), config.eps, u, gen, proposal=proposal
         )
         loss = sum(terms).mean() / dim
         opt.zero_grad(set_to_none=True)
