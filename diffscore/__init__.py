@@ -26,6 +26,8 @@ _NAMES = {
         "LikelihoodResult",
         "BitsPerDimResult",
     ),
+    "bound": ("likelihood_bound", "variational_bound", "BoundResult"),
+    "dequantization": ("dequantized_bits_per_dim", "TruncatedNormalDequantizer", "DequantizedResult"),
     "sampling": ("sample", "annealed_langevin"),
     "controllable": ("inpaint", "colorize", "conditional_score"),
     "_checks": ("StepSizeUnderflowError",),
@@ -38,6 +40,8 @@ _MODULES = (
     "oracles",
     "dynamics",
     "likelihood",
+    "bound",
+    "dequantization",
     "sampling",
     "controllable",
     "losses",
@@ -70,6 +74,12 @@ __all__ = [
     "bits_per_dim",
     "LikelihoodResult",
     "BitsPerDimResult",
+    "likelihood_bound",
+    "variational_bound",
+    "BoundResult",
+    "dequantized_bits_per_dim",
+    "TruncatedNormalDequantizer",
+    "DequantizedResult",
     "sample",
     "annealed_langevin",
     "inpaint",
@@ -122,7 +132,9 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         training,
     )
     from ._checks import StepSizeUnderflowError
+    from .bound import BoundResult, likelihood_bound, variational_bound
     from .controllable import colorize, conditional_score, inpaint
+    from .dequantization import DequantizedResult, TruncatedNormalDequantizer, dequantized_bits_per_dim
     from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
     from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
     from .sampling import annealed_langevin, sample

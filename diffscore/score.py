@@ -66,6 +66,8 @@ class ModelCard:
         likelihood_eps: the smallest time of its likelihood integral (default 1e-5).
         sample_method, sample_options: the sampler its training run used for samples (None and {}
             when it has none), as :func:`diffscore.sample` takes them.
+        decoder: "categorical" for a model with a per-bin decoder at eps (its variational bound scores
+            the integer data: :func:`~diffscore.likelihood_bound`), else None.
         metadata: the whole ``metadata`` mapping, for what the card does not name (step, val_bpd,
             source, ...).
     """
@@ -78,6 +80,7 @@ class ModelCard:
     likelihood_eps: float = 1e-5
     sample_method: str | None = None
     sample_options: Mapping[str, Any] = field(default_factory=dict)
+    decoder: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -97,6 +100,7 @@ class ModelCard:
             likelihood_eps=float(metadata.get("likelihood_eps", 1e-5)),
             sample_method=run.get("sample_method"),
             sample_options=dict(run.get("sample_options") or {}),
+            decoder=metadata.get("decoder"),
             metadata=dict(metadata),
         )
 

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     (
         "math core",
         {"sde", "score", "oracles", "dynamics", "likelihood", "sampling", "controllable", "losses", "perf"}
-        | {"nets"},
+        | {"nets", "bound", "dequantization"},
     ),
     ("data", {"data"}),
     ("evaluation", {"evaluation"}),
@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 ]
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}
 #: The core modules the design card names: they never import data, evaluation, training or cli code.
-MATH = {"sde", "dynamics", "likelihood", "sampling"}
+MATH = {"sde", "dynamics", "likelihood", "sampling", "bound", "dequantization"}
 
 
 def module_name(path: Path) -> str:

@@ -28,6 +28,12 @@ SMOKE = [
     "net_options.hidden=64",
     "net_options.depth=2",
     "log_every=50",
+    # a few steps of the likelihood model: its report lines and `diffscore bpd --estimator elbo`
+    "bound_model.max_steps=20",
+    "bound_model.eval_every=10",
+    "bound_model.val_samples=2",
+    "bound_model.test_samples=4",
+    'bound_model.net_options={"hidden": 32, "depth": 1}',
 ]
 
 
@@ -108,6 +114,37 @@ def test_bpd_command_reproduces_the_training_report(run, capsys):
         assert got[key] == pytest.approx(results["test_bpd"][key], abs=1e-3)
     assert main([*args, "--divergence", "hutchinson", "--split", "validation"]) == 0
     assert "validation bits/dim (hutchinson" in capsys.readouterr().out
+
+
+def test_bpd_estimators_reproduce_the_likelihood_models_report(run, capsys):
+    lm = json.loads((run / "results.json").read_text())["likelihood_model"]
+    printed = PRINTED[run]
+    assert "test bits/dim, variational bound (ELBO" in printed
+    assert "test bits/dim, exact ODE of the same model" in printed
+    model = str(run / "bound_model")
+    args = ["bpd", "--model", model, "--limit", "12", "--no-progress"]
+    # the run's draws: seed 23456 + image, 4 draws per image
+    assert main([*args, "--estimator", "elbo", "--samples", "4", "--seed", "23456"]) == 0
+    out = capsys.readouterr().out
+    assert "variational bound (ELBO), categorical decoder, 4 draws per image" in out and " s.e. of" in out
+    got = numbers(out)
+    for key in ("mean", "median", "worst"):
+        assert got[key] == pytest.approx(lm["elbo"][key], abs=1e-4)
+    common = ["--estimator", "ode-truncated-normal", "--seed", "12345", "--rtol", "1e-4", "--atol", "1e-4"]
+    assert main([*args, *common]) == 0
+    got = numbers(capsys.readouterr().out)
+    for key in ("mean", "median", "worst"):
+        assert got[key] == pytest.approx(lm["ode_truncated_normal"][key], abs=1e-3)
+
+
+def test_bpd_estimator_errors_are_one_line(run, capsys):
+    # the sample model was trained on dequantized data: no categorical decoder, no ELBO
+    assert main(["bpd", "--model", str(run), "--estimator", "elbo", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "categorical decoder" in err
+    assert main(["bpd", "--model", str(run), "--estimator", "iwae", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--estimator" in err
 
 
 def test_sample_command_is_seeded(run, tmp_path):

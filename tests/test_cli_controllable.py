@@ -22,6 +22,7 @@ TINY = [
     "num_samples=4",
     "net_options.hidden=32",
     "net_options.depth=1",
+    "bound_model=null",
 ]
 
 

@@ -155,6 +155,7 @@ def test_sample_generators_draws_depend_on_the_global_index_only():
 # ---- trainer pieces ------------------------------------------------------------------------------------
 def tiny_config(*extra: str) -> TrainConfig:
     items = ["net_options.hidden=32", "net_options.depth=2", "net_options.dropout=0.0", "batch_size=16"]
+    items.append("bound_model=null")
     return apply_overrides(get_preset("digits"), [*items, "warmup=2", *extra])
 
 
@@ -303,6 +304,7 @@ TINY = {
     "eval_batch_size": 4,
     "num_samples": 4,
     "quality_samples": 0,  # the sample-quality report runs on the main process only: tests/test_cli.py
+    "bound_model": "null",
     "sample_method": "sde",
     "sample_options": '{"num_steps": 10}',
 }

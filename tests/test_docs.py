@@ -43,6 +43,11 @@ TINY_RUN = [
     "quality_samples=0",
     "net_options.hidden=64",
     "net_options.depth=2",
+    "bound_model.max_steps=20",
+    "bound_model.eval_every=10",
+    "bound_model.val_samples=2",
+    "bound_model.test_samples=4",
+    'bound_model.net_options={"hidden": 32, "depth": 1}',
 ]
 
 

@@ -31,6 +31,7 @@ TINY = [
     "log_every=2",
     "checkpoint_every=1000",
     "keep_checkpoints=1",
+    "bound_model=null",
 ]
 
 

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from .bpd import evaluate_bpd, gaussian_baseline_bpd, summarize
+from .bpd import evaluate_bound, evaluate_bpd, gaussian_baseline_bpd, summarize
 from .digits import (
     DIGITS_RECIPE,
     ClassifierFeatures,
@@ -47,6 +47,7 @@ from .samples import generate_samples
 
 __all__ = [
     "evaluate_bpd",
+    "evaluate_bound",
     "gaussian_baseline_bpd",
     "summarize",
     "generate_samples",

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from .classifier import TimeDependentClassifier, fit_classifier, load_classifier, save_classifier
+from .discrete import BinPosteriorNet
 from .feature_classifier import FeatureClassifier
 from .gaussian import GaussianResidualNet
 from .mlp import MLPScoreNet
@@ -26,6 +27,7 @@ from .ncsnpp import NCSNpp
 from .refinenet import NCSNRefineNet
 
 __all__ = [
+    "BinPosteriorNet",
     "FeatureClassifier",
     "GaussianResidualNet",
     "MLPScoreNet",
@@ -47,6 +49,7 @@ NETS: dict[str, type[nn.Module]] = {
     "ncsnpp": NCSNpp,
     "ncsn": NCSNRefineNet,
     "gaussian_residual": GaussianResidualNet,
+    "bin_posterior": BinPosteriorNet,
 }
 
 
