@@ -28,6 +28,7 @@ _NAMES = {
     ),
     "sampling": ("sample", "annealed_langevin"),
     "controllable": ("inpaint", "colorize", "conditional_score"),
+    "editing": ("edit", "interpolate", "slerp", "EditResult"),
     "_checks": ("StepSizeUnderflowError",),
 }
 _HOME = {name: module for module, names in _NAMES.items() for name in names}
@@ -40,6 +41,7 @@ _MODULES = (
     "likelihood",
     "sampling",
     "controllable",
+    "editing",
     "losses",
     "nets",
     "perf",
@@ -73,7 +75,12 @@ __all__ = [
     "inpaint",
     "colorize",
     "conditional_score",
+    "edit",
+    "interpolate",
+    "slerp",
+    "EditResult",
     "StepSizeUnderflowError",
+    "editing",
     "oracles",
     "losses",
     "nets",
@@ -110,6 +117,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         convert,
         data,
         distributed,
+        editing,
         evaluation,
         io,
         losses,
@@ -122,6 +130,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._checks import StepSizeUnderflowError
     from .controllable import colorize, conditional_score, inpaint
     from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
+    from .editing import EditResult, edit, interpolate, slerp
     from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
     from .sampling import annealed_langevin, sample
     from .score import ScoreModel

@@ -162,6 +162,17 @@ def _check_output(name: str, x: Tensor, t: float, limit: float) -> None:
         raise FloatingPointError(f"{kind} {name} at t = {t:.6g} (plausible: |x| <= {limit:.3g})")
 
 
+def _check_latent_time(sde: SDE, eps: float, t: float | None) -> float:
+    """The time of the latents: T by default, else a real number in (eps, T]."""
+    if t is None:
+        return float(sde.T)
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"t must be a real number in (eps, T], got {type(t).__name__}")
+    if not eps < t <= sde.T:
+        raise ValueError(f"t must lie in (eps, T] = ({eps:g}, {sde.T:g}], got {t}")
+    return float(t)
+
+
 def encode(
     sde: SDE,
     score: ScoreFn,
@@ -172,10 +183,12 @@ def encode(
     method: str = "dopri5",
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    t: float | None = None,
 ) -> Tensor:
     """Encode data x (B, *shape) to latents z = x(T) by solving the probability-flow ODE from eps to T.
 
-    The map is deterministic and invertible (:func:`decode`); Song et al. 2021, Sec. 4.3.
+    The map is deterministic and invertible (:func:`decode`); Song et al. 2021, Sec. 4.3. With ``t``
+    (in (eps, T]) the solve stops there: ``z`` is the flow's state at time ``t``.
     ``stats``, if given, receives ``nfe``. No autograd graph is recorded (memory stays flat in the
     number of steps); to differentiate through the flow, pass :class:`ProbabilityFlowODE` to
     ``torchdiffeq.odeint`` or ``odeint_adjoint`` yourself.
@@ -185,20 +198,22 @@ def encode(
         rtol, atol, method, options: passed to ``torchdiffeq.odeint``. A fixed-grid ``method``
             ("euler", "midpoint", "rk4", ..., :func:`fixed_grid_methods`) needs its step:
             ``options={"step_size": h}`` (or ``"grid_constructor"``).
+        t: the latents' time (default T).
 
     Raises:
         ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty); ``eps`` outside [0, T) or with
-            ``std(eps) = 0`` (the score is singular there); bad tolerances; an unknown ``method``, or a
-            fixed-grid one without ``options["step_size"]``; ``stats`` not a dict or None (TypeError);
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state
-            (ValueError).
+            ``std(eps) = 0`` (the score is singular there); ``t`` outside (eps, T]; bad tolerances; an
+            unknown ``method``, or a fixed-grid one without ``options["step_size"]``; ``stats`` not a dict
+            or None (TypeError); a ``score`` returning a non-tensor (TypeError) or a tensor not shaped
+            like the state (ValueError).
         FloatingPointError: if the score or the state turns non-finite or implausibly large during the
             solve.
     """
     check_stats(stats)
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
-    z, nfe = _solve_flow(sde, score, x, eps, sde.T, eps, rtol, atol, method, options)
+    t = _check_latent_time(sde, eps, t)
+    z, nfe = _solve_flow(sde, score, x, eps, t, eps, rtol, atol, method, options)
     if stats is not None:
         stats["nfe"] = nfe
     return z
@@ -214,8 +229,9 @@ def decode(
     method: str = "dopri5",
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    t: float | None = None,
 ) -> Tensor:
-    """Decode latents z (B, *shape) at time T to data at time eps (the inverse of :func:`encode`).
+    """Decode latents z (B, *shape) at time T (or ``t``) to data at time eps (inverse of :func:`encode`).
 
     Arguments as in :func:`encode`. ``z`` must be a plausible state at T: every entry strictly inside
     the samplers' bound ``1e4 x sde.prior_std`` (:func:`~diffscore._checks.state_limit`).
@@ -229,7 +245,8 @@ def decode(
     check_stats(stats)
     check_latent("z", z, sde.prior_std)
     eps = check_solve_eps(sde, eps)
-    x, nfe = _solve_flow(sde, score, z, sde.T, eps, eps, rtol, atol, method, options)
+    t = _check_latent_time(sde, eps, t)
+    x, nfe = _solve_flow(sde, score, z, t, eps, eps, rtol, atol, method, options)
     if stats is not None:
         stats["nfe"] = nfe
     return x

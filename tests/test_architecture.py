@@ -23,7 +23,18 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("utilities", {"_checks", "io", "distributed"}),
     (
         "math core",
-        {"sde", "score", "oracles", "dynamics", "likelihood", "sampling", "controllable", "losses", "perf"}
+        {
+            "sde",
+            "score",
+            "oracles",
+            "dynamics",
+            "likelihood",
+            "sampling",
+            "controllable",
+            "editing",
+            "losses",
+            "perf",
+        }
         | {"nets"},
     ),
     ("data", {"data"}),
