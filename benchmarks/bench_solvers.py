@@ -50,7 +50,7 @@ from bench_samplers import cli, gen, print_table, write_csv
 
 import diffscore as ds
 from diffscore.oracles import GaussianMixture
-from diffscore.sampling import METHODS, default_eps, sample_ode
+from diffscore.sampling import default_eps
 from diffscore.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
@@ -131,13 +131,13 @@ def orders(quick: bool) -> list[dict[str, Any]]:
             try:
                 multistep._D2_COEFFICIENT = 1.0 if method == "dpmpp-ref" else saved
                 for steps in (128, 256):
-                    fn = METHODS[method.split("-")[0]]
-                    x = fn(
+                    x = ds.sample(
                         sde,
                         oracle.score_fn(sde),
-                        x_T,
-                        eps,
-                        None,
+                        x_T.shape,
+                        method.split("-")[0],
+                        x_T=x_T,
+                        eps=eps,
                         num_steps=steps,
                         lower_order_final=False,
                         **opts,
@@ -290,12 +290,12 @@ def ode_rms(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         sde = make()
         score, eps = oracle.score_fn(sde), default_eps(sde)
         x_T = sde.prior_sample((n, 64), gen(1), dtype=F64)
-        ref = sample_ode(sde, score, x_T, eps, rtol=1e-7, atol=1e-7)
+        ref = ds.sample(sde, score, x_T.shape, "ode", x_T=x_T, eps=eps, rtol=1e-7, atol=1e-7)
         for label, method, opts in ode_settings(quick):
             row: dict[str, Any] = dict(sde=name, sampler=label)
             for nfe in ODE_NFES:
                 stats: dict[str, Any] = {}
-                x = METHODS[method](sde, score, x_T, eps, None, stats=stats, **opts(nfe))
+                x = ds.sample(sde, score, x_T.shape, method, x_T=x_T, eps=eps, stats=stats, **opts(nfe))
                 want = nfe - nfe % 2 if method == "heun" else nfe
                 assert stats["nfe"] == want, (label, nfe, stats)
                 row[f"nfe{nfe}"] = float((x - ref).square().mean().sqrt())

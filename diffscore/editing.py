@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import Generator, bcast, check_data, check_eps, check_int, check_real, randn
+from ._checks import Generator, bcast, check_choice, check_data, check_eps, check_int, check_real, randn
 from .likelihood import decode, encode
 from .sampling import default_eps, sample
 from .score import ScoreFn
@@ -164,8 +164,7 @@ def interpolate(
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
     num_frames = check_int("num_frames", num_frames, 2)
-    if space not in SPACES:
-        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    check_choice("space", space, SPACES)
     if t is not None and space != "time":
         raise ValueError(f"t is the time of space='time'; got t = {t} with space={space!r}")
     if space == "time":

@@ -21,14 +21,13 @@ from ..editing import SPACES, edit, interpolate
 from ..evaluation.progress import SolveProgress
 from ..io import read_tensor, write_tensors
 from ..likelihood import fixed_grid_methods
-from ..score import ScoreModel
+from ..score import ModelCard, ScoreModel
 from .common import (
     add_model_arg,
     add_runtime_args,
     check_images,
     check_outputs,
     check_samples,
-    data_info,
     load_model,
     positive_float,
     positive_int,
@@ -38,7 +37,7 @@ from .generate import add_sampler_args, describe_sampler, sample_options
 __all__ = ["add_commands", "read_images"]
 
 
-def read_images(path: str, metadata: dict[str, Any], flag: str = "--input") -> Tensor:
+def read_images(path: str, card: ModelCard, flag: str = "--input") -> Tensor:
     """Images for the model from a file, as floats in its data range (B, *image_shape), on the CPU.
 
     A ``.png`` holds one image of exactly the model's size (gray for 1 channel, RGB for 3); its 8-bit
@@ -46,12 +45,12 @@ def read_images(path: str, metadata: dict[str, Any], flag: str = "--input") -> T
     diffscore writes) and to their centers. A ``.safetensors`` / ``.pt`` file holds a batch of floats in
     the data range or of integer bins. Errors name ``flag`` (or the file).
     """
-    num_bins, data_range = data_info(metadata)
+    num_bins, data_range = card.num_bins, card.data_range
     p = Path(path)
     if p.suffix.lower() == ".png":
         if not p.is_file():
             raise FileNotFoundError(f"no such file: {str(p)!r}")
-        shape = tuple(metadata.get("image_shape") or ())
+        shape = card.image_shape or ()
         if len(shape) != 3 or shape[0] not in (1, 3):
             raise ValueError("the model's config.json has no (C, H, W) image_shape with C = 1 or 3")
         with Image.open(p) as im:
@@ -64,15 +63,15 @@ def read_images(path: str, metadata: dict[str, Any], flag: str = "--input") -> T
         levels = torch.from_numpy(array.reshape(shape[1], shape[2], -1)).permute(2, 0, 1)[None]
         x = (levels * (num_bins - 1) + 127) // 255  # round(v (num_bins - 1) / 255)
         return bin_centers(x.to(torch.uint8 if num_bins <= 256 else torch.int32), num_bins, data_range)
-    x = check_samples(read_tensor(path, ("x", "images", "samples", "data")), metadata, flag)
+    x = check_samples(read_tensor(path, ("x", "images", "samples", "data")), card, flag)
     x = bin_centers(x, num_bins, data_range) if not x.is_floating_point() else x
-    return check_images(x, metadata, flag)
+    return check_images(x, card, flag)
 
 
-def _inputs(paths: list[str], model: ScoreModel, metadata: dict[str, Any]) -> list[Tensor]:
+def _inputs(paths: list[str], model: ScoreModel) -> list[Tensor]:
     """The images of each ``--input`` file, on the model's device and in its dtype."""
     p = next(iter(model.parameters()))
-    return [read_images(path, metadata).to(p.device, p.dtype) for path in paths]
+    return [read_images(path, model.card).to(p.device, p.dtype) for path in paths]
 
 
 def _tensors_path(args: argparse.Namespace) -> Path:
@@ -87,10 +86,10 @@ def run_edit(args: argparse.Namespace) -> int:
     if not 0.0 < args.strength <= 1.0:
         raise ValueError(f"--strength must lie in (0, 1], got {args.strength:g}")
     tensors_path = _tensors_path(args)
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
-    x = torch.cat(_inputs(args.input, model, metadata))
-    options = sample_options(args, metadata)
+    model, card = load_model(args)
+    num_bins, data_range = card.num_bins, card.data_range
+    x = torch.cat(_inputs(args.input, model))
+    options = sample_options(args, card)
     p = next(iter(model.parameters()))
     start = time.perf_counter()
     edited, noised = [], []
@@ -129,9 +128,9 @@ def run_interpolate(args: argparse.Namespace) -> int:
     if args.method in fixed_grid_methods() and args.step_size is None:
         raise ValueError(f"--method {args.method} is a fixed-step solver: give --step-size (e.g. 1e-3)")
     tensors_path = _tensors_path(args)
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
-    a, b = _inputs(args.input, model, metadata)
+    model, card = load_model(args)
+    num_bins, data_range = card.num_bins, card.data_range
+    a, b = _inputs(args.input, model)
     if a.shape != b.shape:
         raise ValueError(f"the two --input files must hold as many images, got {a.shape[0]} and {b.shape[0]}")
     solver = dict(

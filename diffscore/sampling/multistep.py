@@ -30,11 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, check_stats, randn, state_limit
+from .._checks import CheckedScore, FiniteMonitor, Generator, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .fast import _batch_times, _check_sde_state
-from .grids import check_grid, time_grid
 
 __all__ = ["dpmpp", "unipc", "sde_dpmpp_2m", "UNIPC_VARIANTS", "dpmpp_orders"]
 
@@ -51,15 +49,14 @@ class _Grid:
     """The grid and its per-point scalars as Python floats (float64 on the host) plus the (N+1, B)
     device times for the score calls."""
 
-    def __init__(self, sde: SDE, eps: float, num_steps: int, grid: str, x_T: Tensor) -> None:
-        t64 = time_grid(sde, eps, num_steps, grid, torch.zeros((), dtype=torch.float64))
+    def __init__(self, sde: SDE, t64: Tensor, x: Tensor) -> None:
         alpha, std = sde.alpha_std(t64)
         self.times = t64.tolist()
         self.alpha = alpha.tolist()
         self.std = std.tolist()
         self.lam = (alpha.log() - std.log()).tolist()
         self.h = [self.lam[i] - self.lam[i - 1] for i in range(1, len(self.lam))]  # h[i-1]: step i
-        self.tb = _batch_times(t64.to(dtype=x_T.dtype, device=x_T.device), x_T.shape[0])
+        self.tb = t64.to(dtype=x.dtype, device=x.device)[:, None].repeat(1, x.shape[0])  # row i: (B,) t_i
 
 
 class _DataPrediction:
@@ -75,20 +72,6 @@ class _DataPrediction:
     def __call__(self, x: Tensor, i: int) -> Tensor:
         g = self.grid
         return torch.add(x, self.score(x, g.tb[i]), alpha=g.std[i] ** 2).mul_(1.0 / g.alpha[i])
-
-
-def _check_common(sde: SDE, score: ScoreFn, x_T: Tensor, eps: float, num_steps: int, grid: str) -> int:
-    _check_sde_state(sde, score, x_T)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps!r}")
-    n = check_int("num_steps", num_steps, 1)
-    check_grid(grid, sde, eps)
-    alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
-    if not float(std[0]) > 0:
-        raise ValueError(
-            f"eps = {eps} is where std(t) = 0 and lambda = +inf: the exponential integrators need eps > 0"
-        )
-    return n
 
 
 def dpmpp_orders(num_steps: int, order: int, lower_order_final: bool) -> list[int]:
@@ -124,15 +107,14 @@ def _finish(
 def dpmpp(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    num_steps: int = 20,
-    order: int = 2,
-    grid: str = "logsnr",
-    lower_order_final: bool | None = None,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    order: int,
+    lower_order_final: bool,
+    denoise: bool,
 ) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithm 2) for the probability flow of ``sde``.
 
@@ -158,35 +140,23 @@ def dpmpp(
 
     Args:
         sde, score: the forward SDE and ``score(x, t)`` (t a (B,) tensor of true times).
-        x_T: (B, *shape) state at T.
-        eps: end time in [0, T) with std(eps) > 0 (lambda(eps) finite).
-        generator: unused (deterministic given ``x_T``).
-        num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
-        order: 1, 2 or 3.
-        grid: one of :data:`~diffscore.sampling.grids.GRIDS` ("logsnr" default, Lu et al.'s choice).
-        lower_order_final: see above; None = ``num_steps < 15``.
-        denoise: add the Tweedie step ``m(x, eps)`` at the end (one more NFE; output at t = 0).
+        x: (B, *shape) state at ``ts[0]``.
+        ts: (N + 1,) decreasing times (float64) ending at eps with std(eps) > 0 (lambda(eps) finite):
+            N steps = N NFE (+1 with ``denoise``).
+        generator: unused (deterministic given ``x``).
         stats: optional dict that receives ``nfe``.
+        order: 1, 2 or 3.
+        lower_order_final: see above (:func:`~diffscore.sample`'s default: ``num_steps < 15``).
+        denoise: add the Tweedie step ``m(x, eps)`` at the end (one more NFE; output at t = 0).
 
     Returns:
-        Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: bad ``order``, ``num_steps``, ``grid``, ``eps`` or ``sde``/``score``/``x_T``;
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    n = _check_common(sde, score, x_T, eps, num_steps, grid)
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    low = num_steps < 15 if lower_order_final is None else bool(lower_order_final)
-    g = _Grid(sde, float(eps), n, grid, x_T)
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
-    orders = dpmpp_orders(n, order, low)
-    x = x_T
+    orders = dpmpp_orders(n, order, lower_order_final)
     ms = [model(x, 0)]  # ms[-1] = m_{i-1}, ms[-2] = m_{i-2}, ...
     for i in range(1, n + 1):
         o, h = orders[i - 1], g.h[i - 1]
@@ -258,17 +228,16 @@ def _unipc_coefficients(hs: list[float], h: float, p: int, variant: str) -> dict
 def unipc(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    num_steps: int = 10,
-    order: int = 3,
-    grid: str = "logsnr",
-    variant: str = "bh2",
-    use_corrector: bool = True,
-    lower_order_final: bool = True,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    order: int,
+    variant: str,
+    use_corrector: bool,
+    lower_order_final: bool,
+    denoise: bool,
 ) -> Tensor:
     """UniPC (Zhao et al. 2023): the UniP-p predictor and the UniC corrector, in data prediction.
 
@@ -289,8 +258,7 @@ def unipc(
     ``lower_order_final`` (default, as in the paper's code) they drop again over the last steps.
 
     Args:
-        sde, score, x_T, eps, generator, grid, denoise, stats: as in :func:`dpmpp`.
-        num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
+        sde, score, x, ts, generator, stats, denoise: as in :func:`dpmpp`.
         order: 1, 2 or 3 (the predictor's; the corrector adds one).
         variant: "bh1" or "bh2".
         use_corrector: apply UniC (True, default) or run the predictor alone (UniP). (Named apart from
@@ -298,27 +266,13 @@ def unipc(
         lower_order_final: lower the order of the final steps.
 
     Returns:
-        Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: bad ``order``, ``variant``, ``num_steps``, ``grid``, ``eps`` or inputs;
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    n = _check_common(sde, score, x_T, eps, num_steps, grid)
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if variant not in UNIPC_VARIANTS:
-        raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
-    if not isinstance(use_corrector, bool):
-        raise TypeError(f"use_corrector must be True or False, got {use_corrector!r}")
-    g = _Grid(sde, float(eps), n, grid, x_T)
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
-    orders = dpmpp_orders(n, order, bool(lower_order_final))
-    x = x_T
+    orders = dpmpp_orders(n, order, lower_order_final)
     ms = [model(x, 0)]
     for i in range(1, n + 1):
         p, h = orders[i - 1], g.h[i - 1]
@@ -349,14 +303,13 @@ def unipc(
 def sde_dpmpp_2m(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    num_steps: int = 50,
-    grid: str = "logsnr",
-    lower_order_final: bool = True,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    lower_order_final: bool,
+    denoise: bool,
 ) -> Tensor:
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5): a second-order multistep solver of the reverse SDE.
 
@@ -382,27 +335,18 @@ def sde_dpmpp_2m(
     steps; the log-density gaps of table ``sde_gap`` of benchmarks/bench_solvers.py are with it).
 
     Args:
-        sde, score, x_T, eps, grid, denoise, stats: as in :func:`dpmpp`.
+        sde, score, x, ts, stats, denoise: as in :func:`dpmpp`.
         generator: the noise: a torch.Generator, or a list of B of them (sample k then depends on
             generator k alone, so it equals its solo run).
-        num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
         lower_order_final: make the last step first order (above).
 
     Returns:
-        Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: bad ``num_steps``, ``grid``, ``eps``, ``generator`` or inputs;
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    n = _check_common(sde, score, x_T, eps, num_steps, grid)
-    g = _Grid(sde, float(eps), n, grid, x_T)
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
-    x = x_T
     m_prev: Tensor | None = None
     for i in range(1, n + 1):
         h = g.h[i - 1]
