@@ -18,7 +18,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import Generator, bcast, check_choice, check_data, check_eps, check_int, check_real, randn
+from ._checks import (
+    Generator,
+    bcast,
+    check_choice,
+    check_data,
+    check_eps,
+    check_instance,
+    check_int,
+    check_real,
+    randn,
+)
 from .likelihood import decode, encode
 from .sampling import default_eps, sample
 from .score import ScoreFn
@@ -69,10 +79,12 @@ def edit(
         :class:`EditResult`.
 
     Raises:
-        ValueError / TypeError: ``x`` not a finite float tensor (B, *shape); ``strength`` not a real
-            number in (0, 1] or with ``strength x T <= eps`` (the message names ``strength``); and the
-            errors of :func:`~diffscore.sample` for ``method``, ``eps``, ``generator`` and the options.
+        ValueError / TypeError: ``sde`` not an SDE (TypeError); ``x`` not a finite float tensor
+            (B, *shape); ``strength`` not a real number in (0, 1] or with ``strength x T <= eps`` (the
+            message names ``strength``); and the errors of :func:`~diffscore.sample` for ``method``,
+            ``eps``, ``generator`` and the options.
     """
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_data("x", x)
     strength = check_real("strength", strength)
     if not 0.0 < strength <= 1.0:
@@ -154,11 +166,12 @@ def interpolate(
         (B, K, *shape): row b goes from ``x0[b]`` (frame 0) to ``x1[b]`` (frame K - 1).
 
     Raises:
-        ValueError / TypeError: ``x0`` or ``x1`` not a finite float tensor (B, *shape), or their shapes
-            differ; ``num_frames`` < 2; unknown ``space``; ``t`` given without ``space="time"`` or
-            outside (eps, T); a pair whose latents point in opposite directions (no unique great
-            circle); and the errors of :func:`~diffscore.encode`.
+        ValueError / TypeError: ``sde`` not an SDE (TypeError); ``x0`` or ``x1`` not a finite float
+            tensor (B, *shape), or their shapes differ; ``num_frames`` < 2; unknown ``space``; ``t``
+            given without ``space="time"`` or outside (eps, T); a pair whose latents point in opposite
+            directions (no unique great circle); and the errors of :func:`~diffscore.encode`.
     """
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_data("x0", x0)
     check_data("x1", x1)
     if x0.shape != x1.shape:

@@ -115,6 +115,8 @@ def test_edit_refuses_bad_images():
         ds.edit(sde, gm.score_fn(sde), torch.zeros(4, 2, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match="x contains NaN"):
         ds.edit(sde, gm.score_fn(sde), torch.full((4, 2), math.nan), 0.5)
+    with pytest.raises(TypeError, match="sde must be a diffscore SDE"):
+        ds.edit("vp", gm.score_fn(sde), gm.sample(4), 0.5)
 
 
 # ---- interpolation ---------------------------------------------------------------------------------------
