@@ -28,8 +28,10 @@ OPTIONS = {
     "sde_adaptive": dict(),
     "ode": dict(),
     "dpm_solver": dict(),
-    "dpmpp": dict(),
-    "unipc": dict(),
+    # the multistep samplers at 20 steps: their 10-step default leaves a 4.6% variance error on sub-VP
+    # from T/2 in D = 64 (discretization, not the start time: 20 steps give < 1%)
+    "dpmpp": dict(num_steps=20),
+    "unipc": dict(num_steps=20),
     "sde_dpmpp_2m": dict(),
 }
 

@@ -22,10 +22,12 @@ from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS
 
 from .._checks import (
     Generator,
+    check_callable,
     check_choice,
     check_count,
     check_eps,
     check_float_dtype,
+    check_instance,
     check_int,
     check_latent,
     check_positive,
@@ -145,10 +147,8 @@ def check_inputs(
     ``shape`` None takes the shape of ``x_T`` (for callers that always pass it).
     """
     check_choice("method", method, sorted(DEFAULTS))
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
-    if not callable(score):
-        raise TypeError("score must be callable: score(x, t) -> like x")
+    check_instance("sde", sde, SDE, "a diffscore SDE")
+    check_callable("score", score, "score(x, t) -> like x")
     if shape is not None:
         shape = check_shape(shape, 2)
     if dtype is not None:

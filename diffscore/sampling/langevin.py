@@ -27,6 +27,7 @@ from .._checks import (
     check_data,
     check_mask,
     check_positive,
+    check_positive_entries,
     check_stats,
     randn,
 )
@@ -75,8 +76,7 @@ def _check_sigmas(sigmas: Tensor | Sequence[float], like: Tensor) -> Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=like.dtype, device=like.device)
     if sigmas.ndim != 1 or sigmas.numel() < 1:
         raise ValueError(f"sigmas must be a non-empty 1-D sequence, got shape {tuple(sigmas.shape)}")
-    if not bool(torch.isfinite(sigmas).all() & (sigmas > 0).all()):
-        raise ValueError("sigmas must be finite and > 0")
+    check_positive_entries("sigmas", sigmas)
     if not bool((sigmas[1:] < sigmas[:-1]).all()):
         raise ValueError("sigmas must be strictly decreasing (sigma_1 > ... > sigma_L)")
     return sigmas
