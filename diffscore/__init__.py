@@ -30,6 +30,7 @@ _NAMES = {
     "dequantization": ("dequantized_bits_per_dim", "TruncatedNormalDequantizer", "DequantizedResult"),
     "sampling": ("sample", "annealed_langevin"),
     "controllable": ("inpaint", "colorize", "conditional_score"),
+    "editing": ("edit", "interpolate", "slerp", "EditResult"),
     "_checks": ("StepSizeUnderflowError",),
 }
 _HOME = {name: module for module, names in _NAMES.items() for name in names}
@@ -44,6 +45,7 @@ _MODULES = (
     "dequantization",
     "sampling",
     "controllable",
+    "editing",
     "losses",
     "nets",
     "perf",
@@ -85,7 +87,12 @@ __all__ = [
     "inpaint",
     "colorize",
     "conditional_score",
+    "edit",
+    "interpolate",
+    "slerp",
+    "EditResult",
     "StepSizeUnderflowError",
+    "editing",
     "oracles",
     "losses",
     "nets",
@@ -122,6 +129,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         convert,
         data,
         distributed,
+        editing,
         evaluation,
         io,
         losses,
@@ -136,6 +144,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .controllable import colorize, conditional_score, inpaint
     from .dequantization import DequantizedResult, TruncatedNormalDequantizer, dequantized_bits_per_dim
     from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
+    from .editing import EditResult, edit, interpolate, slerp
     from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
     from .sampling import annealed_langevin, sample
     from .score import ModelCard, ScoreModel, TrainingData

@@ -154,6 +154,17 @@ def _check_output(name: str, x: Tensor, t: float, limit: float) -> None:
         raise FloatingPointError(f"{kind} {name} at t = {t:.6g} (plausible: |x| <= {limit:.3g})")
 
 
+def _check_latent_time(sde: SDE, eps: float, t: float | None) -> float:
+    """The time of the latents: T by default, else a real number in (eps, T]."""
+    if t is None:
+        return float(sde.T)
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise TypeError(f"t must be a real number in (eps, T], got {type(t).__name__}")
+    if not eps < t <= sde.T:
+        raise ValueError(f"t must lie in (eps, T] = ({eps:g}, {sde.T:g}], got {t}")
+    return float(t)
+
+
 def encode(
     sde: SDE,
     score: ScoreFn,
@@ -164,10 +175,12 @@ def encode(
     method: str = "dopri5",
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    t: float | None = None,
 ) -> Tensor:
     """Encode data x (B, *shape) at time eps to latents z = x(T), shaped like x, by solving the
     probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` from eps to T (Song et al. 2021,
-    eq. 13 and Sec. 4.3). The map is deterministic and :func:`decode` inverts it.
+    eq. 13 and Sec. 4.3). The map is deterministic and :func:`decode` inverts it. With ``t`` the solve
+    stops there: ``z`` is the flow's state at time ``t``.
 
     ``stats``, if given, receives ``nfe`` (score evaluations). No autograd graph is recorded (memory
     stays flat in the number of steps); to differentiate through the flow, pass
@@ -179,13 +192,14 @@ def encode(
             error norm (:func:`per_sample_norm`). A fixed-grid ``method`` ("euler", "midpoint", "rk4",
             ..., :func:`fixed_grid_methods`) needs its step: ``options={"step_size": h}`` (or
             ``"grid_constructor"``).
+        t: the latents' time, in (eps, T] (default T).
 
     Raises:
         ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty); ``eps`` outside [0, T) or with
-            ``std(eps) = 0`` (the score is singular there); a ``score`` that is not callable (TypeError);
-            bad tolerances; an unknown ``method``, or a fixed-grid one without ``options["step_size"]``;
-            ``stats`` not a dict or None (TypeError); a ``score`` returning a non-tensor (TypeError) or a
-            tensor not shaped like the state (ValueError).
+            ``std(eps) = 0`` (the score is singular there); ``t`` outside (eps, T]; a ``score`` that is
+            not callable (TypeError); bad tolerances; an unknown ``method``, or a fixed-grid one without
+            ``options["step_size"]``; ``stats`` not a dict or None (TypeError); a ``score`` returning a
+            non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
         FloatingPointError: the score or the state turns non-finite or implausibly large during the
             solve (the message names the time); :class:`~diffscore._checks.StepSizeUnderflowError` when
             an adaptive step size underflows.
@@ -193,12 +207,13 @@ def encode(
     check_stats(stats)
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
+    t = _check_latent_time(sde, eps, t)
     flow = ProbabilityFlowODE(sde, score, t_min=eps)  # checks sde and score
-    ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
+    ts = torch.tensor([eps, t], dtype=x.dtype, device=x.device)
     kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(x.shape[0]), ts[-1])
     with torch.no_grad():
         z = _odeint(flow, x, ts, flow, **kw)[-1]
-    _check_output("latent", z, sde.T, flow.limit)
+    _check_output("latent", z, t, flow.limit)
     if stats is not None:
         stats["nfe"] = flow.nfe
     return z
@@ -214,9 +229,10 @@ def decode(
     method: str = "dopri5",
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    t: float | None = None,
 ) -> Tensor:
-    """Decode latents z (B, *shape) at time T to data at time eps, shaped like z: the probability-flow
-    ODE solved from T down to eps, the inverse of :func:`encode`.
+    """Decode latents z (B, *shape) at time T (or ``t``) to data at time eps, shaped like z: the
+    probability-flow ODE solved from there down to eps, the inverse of :func:`encode`.
 
     Arguments as in :func:`encode`. ``z`` must be a plausible state at T: every entry strictly inside
     the samplers' bound ``1e4 x sde.prior_std`` (:func:`~diffscore._checks.state_limit`).
@@ -228,8 +244,9 @@ def decode(
     check_stats(stats)
     check_latent("z", z, sde.prior_std)
     eps = check_solve_eps(sde, eps)
+    t = _check_latent_time(sde, eps, t)
     flow = ProbabilityFlowODE(sde, score, t_min=eps)  # checks sde and score
-    ts = torch.tensor([sde.T, eps], dtype=z.dtype, device=z.device)
+    ts = torch.tensor([t, eps], dtype=z.dtype, device=z.device)
     kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(z.shape[0]), ts[-1])
     with torch.no_grad():
         x = _odeint(flow, z, ts, flow, **kw)[-1]

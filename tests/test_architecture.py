@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     (
         "math core",
         {"sde", "score", "oracles", "dynamics", "likelihood", "sampling", "controllable", "losses", "perf"}
-        | {"nets", "bound", "dequantization"},
+        | {"editing", "nets", "bound", "dequantization"},
     ),
     ("data", {"data"}),
     ("evaluation", {"evaluation"}),

@@ -13,13 +13,13 @@ import sys
 from collections.abc import Sequence
 
 from ..training import TrainingInterrupted
-from . import controllable, convert, evaluate, generate, quality, train
+from . import controllable, convert, editing, evaluate, generate, quality, train
 from .common import setup
 
 __all__ = ["run", "build_parser"]
 
 #: The command groups, in the order ``diffscore --help`` lists them; each module has ``add_commands``.
-COMMAND_GROUPS = (train, generate, evaluate, quality, controllable, convert)
+COMMAND_GROUPS = (train, generate, editing, evaluate, quality, controllable, convert)
 
 
 class _Parser(argparse.ArgumentParser):
