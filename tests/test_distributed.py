@@ -330,7 +330,7 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], nproc: int, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], nproc: int, timeout: float = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         command(args, nproc), env=clean_env(), capture_output=True, text=True, timeout=timeout
     )

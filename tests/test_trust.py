@@ -75,7 +75,7 @@ def spawn(argv: list[str]) -> subprocess.Popen:
     )
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 900.0) -> None:
     start = time.monotonic()
     while not path.exists():
         assert proc.poll() is None, proc.communicate()
@@ -127,7 +127,7 @@ def reference(tmp_path_factory) -> Path:
     """An uninterrupted tiny run (in a subprocess, like the runs it is compared with)."""
     out = tmp_path_factory.mktemp("reference") / "run"
     proc = spawn(train_argv(out))
-    assert proc.wait(timeout=300) == 0, proc.communicate()
+    assert proc.wait(timeout=1800) == 0, proc.communicate()
     return out
 
 
@@ -305,7 +305,7 @@ def test_a_second_training_into_the_same_folder_is_refused(tmp_path, capsys, ref
     rc, err = cli(capsys, *train_argv(out))
     assert rc == 2 and len(err) == 1
     assert "in use by process" in err[0] and str(first.pid) in err[0]
-    assert first.wait(timeout=300) == 0, first.communicate()
+    assert first.wait(timeout=1800) == 0, first.communicate()
     # the first run is whole: every step logged once, its model loads, its checkpoints verify
     steps = [r["step"] for r in records(out) if r["event"] == "train"]
     assert steps == list(range(5, 401, 5))
@@ -578,7 +578,17 @@ def _deep_config(model: Path) -> None:
         ("classifier error prefix", "diffscore classifier train: error:"),
     ],
 )
-def test_bad_input_is_one_line(tmp_path, capsys, reference, case, flag):
+def test_bad_input_is_one_line(tmp_path, capsys, reference, monkeypatch, case, flag):
+    import diffscore.cli.controllable as cli_controllable
+    import diffscore.evaluation.digits as digits
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the bad input was refused")
+
+    # refused before any real work: neither the extractor nor a classifier may be trained (the padded
+    # 8 GiB model is refused from its header, checked against the file size, never read)
+    monkeypatch.setattr(digits, "train_feature_classifier", no_training)
+    monkeypatch.setattr(cli_controllable, "train_classifier", no_training)
     x255 = tmp_path / "x.safetensors"
     io.write_tensors(x255, {"x": torch.rand(2, 1, 8, 8) * 255})
     levels = tmp_path / "levels.safetensors"
@@ -624,12 +634,9 @@ def test_bad_input_is_one_line(tmp_path, capsys, reference, case, flag):
         ],
         "classifier error prefix": ["classifier", "train", "--model", str(tmp_path / "none"), "--out", "c"],
     }[case]
-    start = time.monotonic()
     rc, err = cli(capsys, *argv)
     assert rc == 2 and len(err) == 1, err
     assert flag in err[0], err[0]
-    assert time.monotonic() - start < 20  # refused before any real work (an 8 GiB file is never read,
-    # no extractor or classifier is trained)
 
 
 def test_model_dtype_and_shape_are_checked_at_the_first_call(reference):
