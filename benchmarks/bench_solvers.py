@@ -40,17 +40,19 @@ dominate the RMS at low NFE: one sample of the 256 in the wrong mode adds about 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import peers
 import torch
 from bench_samplers import cli, gen, print_table, write_csv
 
 import diffscore as ds
 from diffscore.oracles import GaussianMixture
-from diffscore.sampling import METHODS, default_eps, sample_ode
+from diffscore.sampling import GRIDS, METHODS, default_eps, sample_ode
 from diffscore.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
@@ -101,13 +103,11 @@ def _gaussian_score(sde: SDE, mu: torch.Tensor, cov: torch.Tensor) -> Callable:
 
 
 def orders(quick: bool) -> list[dict[str, Any]]:
-    from diffscore.sampling import multistep
-
     cases = [
         ("dpmpp order 1", "dpmpp", dict(order=1)),
         ("dpmpp order 2 (2M)", "dpmpp", dict(order=2)),
         ("dpmpp order 3 (3M)", "dpmpp", dict(order=3)),
-        ("dpmpp 3M, reference D2 coefficient", "dpmpp-ref", dict(order=3)),
+        ("dpmpp 3M, reference D2 coefficient", "dpmpp", dict(order=3, variant="reference")),
         ("UniP-1 (no corrector)", "unipc", dict(order=1, use_corrector=False)),
         ("UniP-2", "unipc", dict(order=2, use_corrector=False)),
         ("UniP-3", "unipc", dict(order=3, use_corrector=False)),
@@ -127,24 +127,18 @@ def orders(quick: bool) -> list[dict[str, Any]]:
             (a_T, a_e), (s_T, s_e) = sde.marginal_coeffs(torch.tensor([sde.T, eps], dtype=F64))
             exact = a_e * mu + ((a_e**2 * 0.09 + s_e**2) / (a_T**2 * 0.09 + s_T**2)).sqrt() * (x_T - a_T * mu)
             errors = []
-            saved = multistep._D2_COEFFICIENT
-            try:
-                multistep._D2_COEFFICIENT = 1.0 if method == "dpmpp-ref" else saved
-                for steps in (128, 256):
-                    fn = METHODS[method.split("-")[0]]
-                    x = fn(
-                        sde,
-                        oracle.score_fn(sde),
-                        x_T,
-                        eps,
-                        None,
-                        num_steps=steps,
-                        lower_order_final=False,
-                        **opts,
-                    )
-                    errors.append(float((x - exact).square().mean().sqrt()))
-            finally:
-                multistep._D2_COEFFICIENT = saved
+            for steps in (128, 256):
+                x = METHODS[method](
+                    sde,
+                    oracle.score_fn(sde),
+                    x_T,
+                    eps,
+                    None,
+                    num_steps=steps,
+                    lower_order_final=False,
+                    **opts,
+                )
+                errors.append(float((x - exact).square().mean().sqrt()))
             row[name] = math.log2(errors[0] / errors[1])
         rows.append(row)
     return rows
@@ -254,20 +248,23 @@ def controllable_variance(quick: bool) -> list[dict[str, Any]]:
 
 
 def ode_settings(quick: bool) -> list[tuple[str, str, Callable[[int], dict[str, Any]]]]:
-    """(label, method, nfe -> options) of every deterministic sampler."""
+    """(label, method, nfe -> options) of every deterministic sampler, the defaults first."""
     s: list[tuple[str, str, Callable[[int], dict[str, Any]]]] = [
+        (f"{m} defaults", m, lambda n: dict(num_steps=n)) for m in ("unipc", "dpmpp")
+    ]
+    s += [
         ("heun (EDM, Karras grid)", "heun", lambda n: dict(num_steps=n // 2 + 1, denoise=False)),
-        ("dpm_solver-3 fast (before)", "dpm_solver", lambda n: dict(nfe=n, order=3)),
+        ("dpm_solver-3 fast", "dpm_solver", lambda n: dict(nfe=n, order=3)),
         ("dpm_solver-2 fast", "dpm_solver", lambda n: dict(nfe=n, order=2)),
     ]
-    grids = ("logsnr", "time_quadratic") if quick else ("logsnr", "karras", "time_quadratic", "time_uniform")
+    grids = ("logsnr", "time_quadratic") if quick else GRIDS
     for grid in grids:
-        for order in (2, 3):
+        for order, variant in ((2, "taylor"), (3, "taylor"), (3, "reference")):
             s.append(
                 (
-                    f"dpmpp {order}M {grid}",
+                    f"dpmpp {order}M {variant} {grid}" if order == 3 else f"dpmpp 2M {grid}",
                     "dpmpp",
-                    lambda n, o=order, g=grid: dict(num_steps=n, order=o, grid=g),
+                    lambda n, o=order, v=variant, g=grid: dict(num_steps=n, order=o, variant=v, grid=g),
                 )
             )
         for order in (2, 3):
@@ -282,6 +279,22 @@ def ode_settings(quick: bool) -> list[tuple[str, str, Callable[[int], dict[str, 
     return s
 
 
+def peer_ode_settings(sde_name: str) -> list[tuple[str, Callable[..., tuple[torch.Tensor, int]]]]:
+    """(label, run(sde, score, x_T, eps, nfe) -> (x, nfe)) of the installed peers' deterministic samplers."""
+    s: list[tuple[str, Callable[..., tuple[torch.Tensor, int]]]] = []
+    if peers.kdiffusion_sampling() is not None:
+        for name in ("dpmpp_2m", "dpmpp_2m_sde eta=0 heun", "dpmpp_3m_sde eta=0", "lms", "heun"):
+            for grid in peers.K_GRIDS if sde_name == "vp" else peers.K_GRIDS[:2]:
+                s.append((f"k-diffusion {name} {grid}", functools.partial(peers.k_sample, name, grid)))
+    if peers.diffusers_schedulers() is not None:
+        for name in ("DPM++ 2M", "DPM++ 3M", "UniPC-2 bh2", "UniPC-3 bh2", "UniPC-3 bh1"):
+            for grid in peers.D_GRIDS:
+                if grid == "lu_lambdas" and name.startswith("UniPC"):
+                    continue
+                s.append((f"diffusers {name} {grid}", functools.partial(peers.d_sample, name, grid)))
+    return s
+
+
 def ode_rms(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     oracle = mixture64()
     n = 64 if quick else 256
@@ -292,22 +305,48 @@ def ode_rms(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         x_T = sde.prior_sample((n, 64), gen(1), dtype=F64)
         ref = sample_ode(sde, score, x_T, eps, rtol=1e-7, atol=1e-7)
         for label, method, opts in ode_settings(quick):
-            row: dict[str, Any] = dict(sde=name, sampler=label)
+            row: dict[str, Any] = dict(sde=name, library="diffscore", sampler=label)
             for nfe in ODE_NFES:
                 stats: dict[str, Any] = {}
-                x = METHODS[method](sde, score, x_T, eps, None, stats=stats, **opts(nfe))
+                x = ds.sample(sde, score, x_T.shape, method=method, x_T=x_T, stats=stats, **opts(nfe))
                 want = nfe - nfe % 2 if method == "heun" else nfe
                 assert stats["nfe"] == want, (label, nfe, stats)
                 row[f"nfe{nfe}"] = float((x - ref).square().mean().sqrt())
-            rows.append(row)
+            rows.append(dict(row, note=""))
+        for label, run_peer in peer_ode_settings(name):
+            row = dict(sde=name, library=label.split()[0], sampler=label.split(" ", 1)[1])
+            for nfe in ODE_NFES:
+                try:
+                    x, used = run_peer(sde, score, x_T, eps, nfe)
+                except (
+                    ValueError
+                ) as err:  # diffusers: sub-VP's sigma(eps) ~ 1e-4 is 0 in its float32 schedule
+                    row["note"] = str(err)
+                    break
+                assert nfe - 1 <= used <= nfe, (label, nfe, used)  # heun: 2 per step
+                rms = float((x - ref).square().mean().sqrt())
+                row[f"nfe{nfe}"] = rms if math.isfinite(rms) else math.inf
+            rows.append(dict(row, note=row.get("note", "")))
     best: list[dict[str, Any]] = []
     for name in SDES:
         for nfe in ODE_NFES:
-            cands = [(r[f"nfe{nfe}"], r["sampler"]) for r in rows if r["sde"] == name]
-            value, label = min(cands)
-            before = next(r[f"nfe{nfe}"] for r in rows if r["sde"] == name and "before" in r["sampler"])
-            row = dict(sde=name, nfe=nfe, best=value, sampler=label, before_measured=before)
-            row.update({k: v.get(nfe, "") if name == "vp" else "" for k, v in PEERS_ODE.items()})
+            row = dict(sde=name, nfe=nfe)
+            for who, keep in (
+                ("defaults unipc", lambda r: r["sampler"] == "unipc defaults"),
+                ("defaults dpmpp", lambda r: r["sampler"] == "dpmpp defaults"),
+                ("diffscore best", lambda r: r["library"] == "diffscore"),
+                ("k-diffusion best", lambda r: r["library"] == "k-diffusion"),
+                ("diffusers best", lambda r: r["library"] == "diffusers"),
+            ):
+                cands = [
+                    (r[f"nfe{nfe}"], r["sampler"])
+                    for r in rows
+                    if r["sde"] == name and keep(r) and f"nfe{nfe}" in r
+                ]
+                value, label = min(cands) if cands else (math.nan, "not installed")
+                row[who] = value
+                if who.endswith("best"):
+                    row[who.replace("best", "config")] = label
             best.append(row)
     return rows, best
 
