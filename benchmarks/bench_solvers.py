@@ -1,4 +1,4 @@
-"""Issue 10: the samplers against exact answers, before and after, and against the peers' published figures.
+"""The samplers against exact answers, and against the peers (k-diffusion, diffusers) when installed.
 
     python benchmarks/bench_solvers.py [--quick] [--out DIR] [--threads N] [--only TABLE,TABLE]
 
@@ -21,9 +21,11 @@ Tables (printed, and written as CSV to ``--out``):
   stds 0.05 / 0.1 / 0.3, means uniform in [-1, 1]) for VE (sigma 0.01 -> 50), VP and sub-VP: RMS distance
   to the probability flow solved tightly (dopri5, rtol = atol = 1e-7, float64) from the same 256 prior
   draws, at NFE 5, 8, 10, 15, 20, 25, 35, 50 (heun: NFE 2N - 2, the even NFE at or below; the actual
-  NFE of every run is checked). ``ode_best``: the best diffscore sampler at each NFE, next to the
-  figures of issue 10 (diffscore before; diffusers DPM-Solver++ 3M and k-diffusion DPM++ 2M on the
-  log-SNR grid, VP only).
+  NFE of every run is checked). The first rows are ``ds.sample(..., method=M, num_steps=NFE)`` with no
+  other option (the defaults); then every grid / order / variant; then, when installed, every
+  configuration of k-diffusion's and diffusers' deterministic samplers (benchmarks/peers.py; ``pip
+  install 'diffscore[peers]'``). ``ode_best``: per NFE, the defaults next to the best configuration of
+  each library.
 * ``sde_gap``: every stochastic sampler at NFE 20, 50, 100: the gap ``E_exact log p_eps - E_samples
   log p_eps`` (nats, summed over D = 64; positive = samples less likely than exact draws) with its
   standard error, on the same mixture (``mixture=0.05-0.3``, 4000 samples) and on the mixture with
@@ -31,8 +33,10 @@ Tables (printed, and written as CSV to ``--out``):
   On the first mixture the gap is stratified by component (``sum_k w_k`` of the per-component gaps, with
   the samples assigned by ``oracle.posterior``), because the components' log-densities differ by ~100
   nats and the weights' sampling noise would swamp a plain mean; the largest weight error is reported
-  beside it (``w_err``; binomial s.e. 0.008). ``sde_best``: the best |gap| at each NFE next to issue
-  10's figures (VP).
+  beside it (``w_err``; binomial s.e. 0.008). ``sde_best``: the best |gap| at each NFE.
+* ``sde_peers``: VP, the equal-std mixture, 2000 samples: the stochastic samplers with their default
+  options (method, num_steps, generator) against every configuration of the peers' stochastic samplers;
+  ``sde_peers_best``: the defaults next to each peer's best |gap|, per NFE.
 
 The mixture and every draw are seeded: two runs print the same numbers (timings aside). Mode flips
 dominate the RMS at low NFE: one sample of the 256 in the wrong mode adds about 0.05.
@@ -59,25 +63,6 @@ F64 = torch.float64
 SDES: dict[str, Callable[[], SDE]] = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
 ODE_NFES = (5, 8, 10, 15, 20, 25, 35, 50)
 SDE_NFES = (20, 50, 100)
-
-#: Issue 10's figures (VP, D = 64 mixture, RMS to a tight PF-ODE): NFE -> value.
-PEERS_ODE = {
-    "diffscore before (dpm_solver-3)": {
-        10: 7.2e-2,
-        15: 3.5e-2,
-        20: 1.1e-2,
-        25: 4.9e-3,
-        35: 2.4e-3,
-        50: 9.2e-4,
-    },
-    "diffusers DPM++ 3M logSNR": {10: 3.4e-2, 15: 6.7e-3, 20: 3.6e-3, 25: 2.2e-3, 35: 1.2e-3, 50: 5.8e-4},
-    "k-diffusion dpmpp_2m logSNR": {10: 5.8e-2, 15: 2.9e-2, 20: 3.7e-3, 25: 2.5e-3, 35: 1.5e-3, 50: 8.4e-4},
-}
-#: Issue 10's log-density gaps (VP, nats, s.e. ~0.15): NFE -> value.
-PEERS_SDE = {
-    "diffscore before (best)": {20: 20.6, 50: 9.2, 100: 2.4},
-    "k-diffusion dpmpp_2m_sde": {20: 4.9, 50: 1.4, 100: 0.41},
-}
 
 
 def mixture64(stds: tuple[float, ...] = (0.05, 0.1, 0.3)) -> GaussianMixture:
@@ -442,30 +427,84 @@ def sde_gap(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                     if (r["mixture"], r["sde"]) == (mix_name, name) and not math.isnan(r[f"gap{nfe}"])
                 ]
                 _, gap, se, label = min(cands)
-                before = min(
-                    (abs(r[f"gap{nfe}"]), r[f"gap{nfe}"])
-                    for r in rows
-                    if (r["mixture"], r["sde"]) == (mix_name, name)
-                    and not math.isnan(r[f"gap{nfe}"])
-                    and not r["sampler"].startswith("sde_dpmpp")
-                    and "logsnr" not in r["sampler"]
-                )[1]
-                row = dict(
-                    mixture=mix_name,
-                    sde=name,
-                    nfe=nfe,
-                    best_gap=gap,
-                    se=se,
-                    sampler=label,
-                    before_best=before,
-                )
-                peers = name == "vp" and mix_name == "0.05"
-                row.update({k: v[nfe] if peers else "" for k, v in PEERS_SDE.items()})
-                best.append(row)
+                best.append(dict(mixture=mix_name, sde=name, nfe=nfe, best_gap=gap, se=se, sampler=label))
     return rows, best
 
 
-TABLES = ("orders", "pc_variance", "controllable_variance", "ode_rms", "sde_gap")
+def sde_peers(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The stochastic samplers with their default options against the peers at every configuration.
+
+    VP, the mixture with equal stds 0.05, 2000 samples, plain gap (as ``sde_gap``'s ``mixture=0.05``).
+    diffscore: ``ds.sample(sde, score, shape, method=M, num_steps=NFE, generator=g)`` and nothing else
+    (pc: also ``denoise=False``, so that every sampler is compared at eps).
+    """
+    oracle, n = mixture64((0.05,) * 3), 500 if quick else 2000
+    sde = VPSDE()
+    score, eps = oracle.score_fn(sde), default_eps(sde)
+    draws, labels = oracle.sample(20000, gen(9), sde=sde, t=eps, return_labels=True)
+    exact = dict(logp=oracle.log_prob(draws, sde, eps), labels=labels)
+    x_T = sde.prior_sample((n, 64), gen(2), dtype=F64)
+    runs: list[tuple[str, str, Callable[[int], torch.Tensor]]] = []
+    for method in ("sde_dpmpp_2m", "sde_dpmpp_3m", "pc"):
+        extra = dict(denoise=False) if method == "pc" else {}
+        runs.append(
+            (
+                "diffscore",
+                f"{method} defaults",
+                lambda nfe, m=method, e=extra: ds.sample(
+                    sde, score, x_T.shape, method=m, x_T=x_T, num_steps=nfe, generator=gen(3), **e
+                ),
+            )
+        )
+    if peers.kdiffusion_sampling() is not None:
+        for name in ("dpmpp_2m_sde midpoint", "dpmpp_2m_sde heun", "dpmpp_3m_sde"):
+            for grid in peers.K_GRIDS:
+                runs.append(
+                    (
+                        "k-diffusion",
+                        f"{name} {grid}",
+                        lambda nfe, k=name, g=grid: peers.k_sample(k, g, sde, score, x_T, eps, nfe, gen(3))[
+                            0
+                        ],
+                    )
+                )
+    if peers.diffusers_schedulers() is not None:
+        for name in ("SDE-DPM++ 2M midpoint", "SDE-DPM++ 2M heun"):
+            for grid in peers.D_GRIDS:
+                runs.append(
+                    (
+                        "diffusers",
+                        f"{name} {grid}",
+                        lambda nfe, d=name, g=grid: peers.d_sample(d, g, sde, score, x_T, eps, nfe, gen(3))[
+                            0
+                        ],
+                    )
+                )
+    rows: list[dict[str, Any]] = []
+    for library, label, fn in runs:
+        row: dict[str, Any] = dict(library=library, sampler=label)
+        for nfe in SDE_NFES:
+            gap, se, _ = _gap(oracle, sde, eps, fn(nfe), exact, False)
+            row.update({f"gap{nfe}": gap, f"se{nfe}": se})
+        rows.append(row)
+    best: list[dict[str, Any]] = []
+    for nfe in SDE_NFES:
+        row = dict(nfe=nfe)
+        for r in rows:
+            if r["library"] == "diffscore":
+                row[r["sampler"]] = r[f"gap{nfe}"]
+        for library in ("k-diffusion", "diffusers"):
+            cands = [
+                (abs(r[f"gap{nfe}"]), r[f"gap{nfe}"], r["sampler"]) for r in rows if r["library"] == library
+            ]
+            _, gap, label = min(cands) if cands else (0, math.nan, "not installed")
+            row.update({f"{library} best": gap, f"{library} config": label})
+        row["se"] = max(r[f"se{nfe}"] for r in rows)
+        best.append(row)
+    return rows, best
+
+
+TABLES = ("orders", "pc_variance", "controllable_variance", "ode_rms", "sde_gap", "sde_peers")
 
 
 def run(
@@ -483,6 +522,8 @@ def run(
         tables["ode_rms"], tables["ode_best"] = ode_rms(quick)
     if "sde_gap" in only:
         tables["sde_gap"], tables["sde_best"] = sde_gap(quick)
+    if "sde_peers" in only:
+        tables["sde_peers"], tables["sde_peers_best"] = sde_peers(quick)
     for name, rows in tables.items():
         print_table(name, rows)
         write_csv(out, name, rows)
