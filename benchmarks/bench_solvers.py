@@ -328,7 +328,7 @@ def ode_rms(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                     for r in rows
                     if r["sde"] == name and keep(r) and f"nfe{nfe}" in r
                 ]
-                value, label = min(cands) if cands else (math.nan, "not installed")
+                value, label = min(cands) if cands else (math.nan, "no run (not installed, or see note)")
                 row[who] = value
                 if who.endswith("best"):
                     row[who.replace("best", "config")] = label
