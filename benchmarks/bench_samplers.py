@@ -36,7 +36,7 @@ import torch
 
 import diffscore as ds
 from diffscore.oracles import GaussianMixture
-from diffscore.sampling import METHODS, default_eps, sample_ode
+from diffscore.sampling import METHODS, default_eps
 from diffscore.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 WEIGHTS = (0.2, 0.3, 0.5)
@@ -113,7 +113,8 @@ def fast_ode_error(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, An
             score, eps = oracle.score_fn(sde), default_eps(sde)
             x_T = sde.prior_sample((n, d), gen(1), dtype=F64)
             stats: dict[str, Any] = {}
-            ref, wall = timed(sample_ode, sde, score, x_T, eps, rtol=1e-7, atol=1e-7, stats=stats)
+            tight = dict(x_T=x_T, eps=eps, rtol=1e-7, atol=1e-7, stats=stats)
+            ref, wall = timed(ds.sample, sde, score, x_T.shape, "ode", **tight)
             base = dict(sde=sde_name, comp_std=std)
             rows.append(
                 dict(base, method="ode dopri5 1e-7 (ref)", setting="", nfe=stats["nfe"], rms=0.0, wall_s=wall)
@@ -125,8 +126,8 @@ def fast_ode_error(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, An
                 runs += [(f"dpm_solver-{order}", f"nfe={b}", dict(nfe=b, order=order)) for b in budgets]
             for method, setting, opts in runs:
                 st: dict[str, Any] = {}
-                sampler = METHODS[method.split("-")[0]]
-                x, wall = timed(sampler, sde, score, x_T, eps, None, stats=st, **opts)
+                name = method.split("-")[0]
+                x, wall = timed(ds.sample, sde, score, x_T.shape, name, x_T=x_T, eps=eps, stats=st, **opts)
                 rms = float((x - ref).square().mean().sqrt())
                 rows.append(dict(base, method=method, setting=setting, nfe=st["nfe"], rms=rms, wall_s=wall))
     best: list[dict[str, Any]] = []

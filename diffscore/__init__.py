@@ -11,12 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Public names -> the module that defines them.
 _NAMES = {
     "sde": ("SDE", "VESDE", "VPSDE", "SubVPSDE"),
-    "score": ("ScoreModel",),
+    "score": ("ScoreModel", "ModelCard", "TrainingData"),
     "dynamics": ("ForwardSDE", "ReverseSDE", "ProbabilityFlowODE", "LikelihoodODE"),
     "likelihood": (
         "encode",
@@ -58,6 +58,8 @@ __all__ = [
     "VPSDE",
     "SubVPSDE",
     "ScoreModel",
+    "ModelCard",
+    "TrainingData",
     "ForwardSDE",
     "ReverseSDE",
     "ProbabilityFlowODE",
@@ -124,5 +126,5 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .dynamics import ForwardSDE, LikelihoodODE, ProbabilityFlowODE, ReverseSDE
     from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
     from .sampling import annealed_langevin, sample
-    from .score import ScoreModel
+    from .score import ModelCard, ScoreModel, TrainingData
     from .sde import SDE, VESDE, VPSDE, SubVPSDE

@@ -19,8 +19,8 @@ from torch import Tensor
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 #: A state entry larger than this many prior standard deviations is no longer a plausible sample of
-#: any score model: the solvers treat it as a numerical failure (Issue: "a score of 1e6 returns garbage
-#: silently"). Data scaled to a few units sit 1e3 to 1e4 times inside this bound.
+#: any score model: the solvers treat it as a numerical failure rather than return garbage. Data scaled
+#: to a few units sit 1e3 to 1e4 times inside this bound.
 PLAUSIBLE_FACTOR = 1e4
 
 
@@ -39,14 +39,50 @@ def state_limit(prior_std: float) -> float:
     return PLAUSIBLE_FACTOR * float(prior_std)
 
 
-def check_int(name: str, value: int, low: int) -> int:
+def check_int(name: str, value: int, low: int, *, value_error: bool = False) -> int:
     """Return ``value``, or raise TypeError (not an int; a bool is refused) or ValueError (below ``low``),
-    naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    naming ``name``. With ``value_error=True`` both cases raise the one ValueError "``name`` must be an
+    int >= ``low``, got ``value``"."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if value_error and not (is_int and value >= low):
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not is_int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     return value
+
+
+def check_count(name: str, value: int, low: int) -> int:
+    """Return ``value`` if it is an int (not a bool) >= ``low``; ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Any, where: str = "") -> Any:
+    """Return ``value`` if it is one of ``choices``; ValueError naming ``name`` and the choices (as
+    ``choices`` prints) otherwise. ``where``: an addition to the message, e.g. " for method='sde'"."""
+    if isinstance(value, bool) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}{where}, got {value!r}")
+    return value
+
+
+def check_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
+    """Validate a 0/1 mask broadcastable to ``like``; return it in ``like``'s dtype and device."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of 0/1 entries, got {type(mask).__name__}")
+    try:
+        shape = torch.broadcast_shapes(mask.shape, like.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(like.shape)}"
+        ) from err
+    if shape != like.shape:
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(like.shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError(f"{name} must contain only 0 (unknown) and 1 (known) entries")
+    return mask.to(dtype=like.dtype, device=like.device)
 
 
 def check_positive(name: str, value: float) -> float:
@@ -57,6 +93,14 @@ def check_positive(name: str, value: float) -> float:
     value = float(value)
     if not (value > 0.0 and value < float("inf")):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+def check_positive_entries(name: str, value: Tensor) -> Tensor:
+    """Return ``value``, or raise ValueError naming ``name`` unless every entry is finite and > 0 (one
+    host sync)."""
+    if not bool(((value > 0) & torch.isfinite(value)).all()):
+        raise ValueError(f"{name} must be finite and > 0")
     return value
 
 
@@ -97,6 +141,20 @@ def _is_real_scalar(v: object) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def check_instance(name: str, value: Any, cls: type, what: str) -> Any:
+    """Return ``value``, or raise TypeError "``name`` must be ``what``" unless it is a ``cls``."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def check_callable(name: str, value: Any, usage: str = "") -> Any:
+    """Return ``value``, or raise TypeError "``name`` must be callable[: ``usage``]" unless it is."""
+    if not callable(value):
+        raise TypeError(f"{name} must be callable" + (f": {usage}" if usage else ""))
+    return value
+
+
 def check_float_dtype(dtype: torch.dtype | None, name: str = "dtype") -> torch.dtype:
     """``dtype``, or torch's default dtype when None; TypeError naming ``name`` unless it is a
     floating-point ``torch.dtype`` (an integer dtype cannot hold a Gaussian draw)."""
@@ -109,23 +167,26 @@ def check_float_dtype(dtype: torch.dtype | None, name: str = "dtype") -> torch.d
     return dtype
 
 
-def check_shape(shape: Any, min_ndim: int = 1, name: str = "shape") -> tuple[int, ...]:
-    """``shape`` as a tuple: a tuple, list or torch.Size of at least ``min_ndim`` positive ints.
+def check_shape(shape: Any, min_ndim: int = 1, name: str = "shape", event: bool = False) -> tuple[int, ...]:
+    """``shape`` as a tuple: a tuple, list or torch.Size of at least ``min_ndim`` positive ints; the
+    shape of a batch (B, *event_shape), or with ``event=True`` the event shape of one sample.
 
     Raises:
         TypeError: ``shape`` is not a tuple, list or torch.Size (e.g. a bare int), naming ``name``.
         ValueError: fewer than ``min_ndim`` entries, or an entry that is not a positive int.
     """
+    kind = "(the event shape, without batch)" if event else "(B, *event_shape)"
     if not isinstance(shape, (tuple, list)):  # torch.Size is a tuple
-        raise TypeError(
-            f"{name} must be a tuple or list of ints (B, *event_shape), got {type(shape).__name__}"
-        )
+        raise TypeError(f"{name} must be a tuple or list of ints {kind}, got {type(shape).__name__}")
     shape = tuple(shape)
     if len(shape) < min_ndim or not all(
         isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape
     ):
-        dims = "(B, *event_shape)" if min_ndim >= 2 else "(B, ...)"
-        raise ValueError(f"{name} must be {dims} of positive ints, got {shape}")
+        if event:
+            expected = f"a tuple of positive ints {kind}"
+        else:
+            expected = f"{'(B, *event_shape)' if min_ndim >= 2 else '(B, ...)'} of positive ints"
+        raise ValueError(f"{name} must be {expected}, got {shape}")
     return shape
 
 
@@ -138,7 +199,12 @@ def check_stats(stats: Any, name: str = "stats") -> dict | None:
 
 
 def check_eps(eps: float, T: float, name: str = "eps") -> float:
-    """Validate the smallest time of a solve: a real number in [0, T)."""
+    """Return ``float(eps)``, the smallest time of a solve, if it is a real number in [0, T).
+
+    Raises:
+        TypeError: ``eps`` is not an int or a float (a bool is refused), naming ``name``.
+        ValueError: ``eps`` outside [0, T) or NaN, naming ``name``.
+    """
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"{name} must be a real number in [0, {T}), got {type(eps).__name__}")
     eps = float(eps)
@@ -225,9 +291,7 @@ class CheckedScore:
     """
 
     def __init__(self, score: Callable[[Tensor, Tensor], Tensor], name: str = "score") -> None:
-        if not callable(score):
-            raise TypeError(f"{name} must be callable: {name}(x, t) -> like x")
-        self.score = score
+        self.score = check_callable(name, score, f"{name}(x, t) -> like x")
         self.name = name
         self.nfe = 0
 
@@ -336,15 +400,7 @@ def randn(
     Draws happen on the generator's device and move to ``device``, so a CPU generator gives the same
     numbers whatever device the result lives on.
     """
-    shape = tuple(int(s) for s in shape)
-    gens = generators(generator, shape[0])
-    dtype = dtype or torch.get_default_dtype()
-    if isinstance(gens, list):
-        rows = [torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
-        return torch.stack(rows).to(device)
-    if gens is None:
-        return torch.randn(shape, device=device, dtype=dtype)
-    return torch.randn(shape, generator=gens, device=gens.device, dtype=dtype).to(device)
+    return _draw(torch.randn, shape, generator, device, dtype)
 
 
 def rand(
@@ -354,15 +410,26 @@ def rand(
     dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Uniform [0, 1) draw of ``shape`` with the same per-sample generator rule as :func:`randn`."""
+    return _draw(torch.rand, shape, generator, device, dtype)
+
+
+def _draw(
+    sampler: Callable[..., Tensor],
+    shape: Sequence[int],
+    generator: Generator,
+    device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> Tensor:
+    """``sampler`` (torch.randn or torch.rand) of ``shape`` under the per-sample generator rule."""
     shape = tuple(int(s) for s in shape)
     gens = generators(generator, shape[0])
     dtype = dtype or torch.get_default_dtype()
     if isinstance(gens, list):
-        rows = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
+        rows = [sampler(shape[1:], generator=g, device=g.device, dtype=dtype) for g in gens]
         return torch.stack(rows).to(device)
     if gens is None:
-        return torch.rand(shape, device=device, dtype=dtype)
-    return torch.rand(shape, generator=gens, device=gens.device, dtype=dtype).to(device)
+        return sampler(shape, device=device, dtype=dtype)
+    return sampler(shape, generator=gens, device=gens.device, dtype=dtype).to(device)
 
 
 def seed_from(generator: torch.Generator | None) -> int:

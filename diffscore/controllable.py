@@ -17,7 +17,7 @@ returned image is the denoised state (Tweedie's formula at eps) with the known e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -32,14 +32,15 @@ from ._checks import (
     check_data,
     check_eps,
     check_latent,
+    check_mask,
     check_positive,
     check_score_output,
     rand,
     randn,
     state_limit,
 )
-from .sampling import default_eps
-from .sampling.langevin import _check_mask
+from .nets.classifier import fit_classifier
+from .sampling.gate import check_inputs
 from .sampling.pc import pc_sample
 from .score import ScoreFn
 from .sde import SDE
@@ -72,15 +73,9 @@ def inpaint(
     generator: Generator = None,
     x_T: Tensor | None = None,
     eps: float | None = None,
-    predictor: str = "reverse_diffusion",
-    corrector: str = "langevin",
-    snr: float = 0.16,
-    n_steps: int = 1,
-    num_steps: int = 1000,
-    denoise: bool = True,
-    grid: str = "time_uniform",
     known_noise: str = "predicted",
-    stats: dict[str, Any] | None = None,
+    t_start: float | None = None,
+    **pc_options: Any,
 ) -> Tensor:
     """Fill in the unknown entries of ``x_known`` by PC sampling (Song et al. 2021, App. I.2).
 
@@ -111,21 +106,25 @@ def inpaint(
         x_known: (B, *shape) finite data; only the entries where ``mask == 1`` are used.
         mask: 0/1 tensor broadcastable to ``x_known``, 1 where the entry is known.
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
-        x_T: optional (B, *shape) start at T (default: a prior draw); its known entries are replaced.
+        x_T: optional (B, *shape) state at ``t_start`` (default: a prior draw, when ``t_start`` is T);
+            its known entries are replaced.
         eps: last time of the solve (default :func:`~diffscore.sampling.default_eps`).
-        predictor, corrector, snr, n_steps, num_steps, denoise, grid, stats: as in
-            :func:`~diffscore.sampling.pc.pc_sample` (the corrector defaults to its "langevin").
         known_noise: "predicted" (default) or "fresh", the noise of the known entries (above).
+        t_start: the start time in (eps, T] (default T), as in :func:`~diffscore.sample`.
+        pc_options: the options of :func:`~diffscore.sample`'s method "pc" (``predictor``,
+            ``corrector``, ``snr``, ``n_steps``, ``num_steps``, ``denoise``, ``grid``; defaults:
+            :func:`~diffscore.sampling.default_options`) and ``stats``.
 
     Returns:
         (B, *shape) samples, equal to ``x_known`` exactly where ``mask == 1``.
 
     Raises:
         ValueError / TypeError: a mask of the wrong shape or with entries outside {0, 1}, bad
-            ``x_known`` / ``x_T`` / ``eps`` (an ``x_T`` entry at or beyond the samplers' plausible
-            bound ``1e4 x sde.prior_std`` included), an unknown ``known_noise``, and the errors of
-            ``pc_sample`` (a ``score`` returning a non-tensor: TypeError; a tensor not shaped like the
-            state: ValueError "score returned shape (...) for a state of shape (...)").
+            ``x_known``, an unknown ``known_noise``, ``x_T`` not shaped like ``x_known``, a
+            ``constraint`` option, and the errors of :func:`~diffscore.sample` with method "pc" (bad
+            ``x_T``, ``eps``, ``t_start`` or options; a ``score`` returning a non-tensor: TypeError; a
+            tensor not shaped like the state: ValueError "score returned shape (...) for a state of
+            shape (...)").
         FloatingPointError: a predicted known state past the state bound (above), naming its time.
     """
     check_data("x_known", x_known)
@@ -133,17 +132,25 @@ def inpaint(
         raise ValueError(f"known_noise must be one of {KNOWN_NOISE}, got {known_noise!r}")
     if not callable(score):
         raise TypeError("score must be callable: score(x, t) -> like x")
-    mask = _check_mask(mask, x_known)
+    mask = check_mask(mask, x_known)
     known = torch.broadcast_to(mask.bool(), x_known.shape)
-    eps = check_eps(default_eps(sde) if eps is None else eps, sde.T)
-    if x_T is None:
-        x_T = sde.prior_sample(x_known.shape, generator, x_known.device, x_known.dtype)
-    else:
-        check_latent("x_T", x_T, sde.prior_std)
-        if x_T.shape != x_known.shape:
-            raise ValueError(
-                f"x_T must be shaped like x_known {tuple(x_known.shape)}, got {tuple(x_T.shape)}"
-            )
+    if "constraint" in pc_options:
+        raise TypeError("inpaint sets the pc option 'constraint' itself (to the known entries)")
+    if x_T is not None and isinstance(x_T, Tensor) and x_T.shape != x_known.shape:
+        raise ValueError(f"x_T must be shaped like x_known {tuple(x_known.shape)}, got {tuple(x_T.shape)}")
+    x, ts, stats, pc = check_inputs(
+        sde,
+        score,
+        x_known.shape,
+        "pc",
+        generator,
+        x_T,
+        eps,
+        t_start,
+        x_known.device,
+        x_known.dtype,
+        pc_options,
+    )
 
     last: dict[str, Tensor] = {}
     # the clip would hide a model gone absurd: std(t') * (unclipped prediction) = -var(t') score is
@@ -168,23 +175,9 @@ def inpaint(
             noise = randn(x.shape, generator, x.device, x.dtype)
         return torch.where(known, bcast(alpha, x) * x_known + bcast(std, x) * noise, x)
 
-    x_T = replace_known(x_T, torch.full((x_T.shape[0],), sde.T, dtype=x_T.dtype, device=x_T.device))
-    x = pc_sample(
-        sde,
-        recording_score,
-        x_T,
-        eps,
-        generator,
-        predictor=predictor,
-        corrector=corrector,
-        snr=snr,
-        n_steps=n_steps,
-        num_steps=num_steps,
-        denoise=denoise,
-        grid=grid,
-        constraint=replace_known,
-        stats=stats,
-    )
+    x = replace_known(x, torch.full((x.shape[0],), float(ts[0]), dtype=x.dtype, device=x.device))
+    pc["constraint"] = replace_known
+    x = pc_sample(sde, recording_score, x, ts, generator=generator, stats=stats, **pc)
     monitor.check(times)
     return torch.where(known, x_known, x)
 
@@ -222,15 +215,9 @@ def colorize(
     generator: Generator = None,
     x_T: Tensor | None = None,
     eps: float | None = None,
-    predictor: str = "reverse_diffusion",
-    corrector: str = "langevin",
-    snr: float = 0.16,
-    n_steps: int = 1,
-    num_steps: int = 1000,
-    denoise: bool = True,
-    grid: str = "time_uniform",
     known_noise: str = "predicted",
-    stats: dict[str, Any] | None = None,
+    t_start: float | None = None,
+    **pc_options: Any,
 ) -> Tensor:
     """Color a gray image by PC sampling (Song et al. 2021, App. I.3).
 
@@ -242,7 +229,7 @@ def colorize(
     Args:
         gray: (B, 1, *spatial) gray image.
         weights: (C,) projection weights, not all zero (default: the channel mean of RGB).
-        x_T: optional (B, C, *spatial) start at T in color space.
+        x_T: optional (B, C, *spatial) state at ``t_start`` in color space (required when t_start < T).
         The other arguments are those of :func:`inpaint` (``known_noise`` applies to the gray coordinate).
 
     Returns:
@@ -279,26 +266,8 @@ def colorize(
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must be shaped {shape}, got {tuple(x_T.shape)}")
         x_T = _to_basis(q, x_T)
-    else:  # the prior is isotropic: a draw in the rotated basis is a draw in color space
-        x_T = sde.prior_sample(shape, generator, gray.device, gray.dtype)
-    y = inpaint(
-        sde,
-        rotated_score,
-        y_known,
-        mask,
-        generator=generator,
-        x_T=x_T,
-        eps=eps,
-        predictor=predictor,
-        corrector=corrector,
-        snr=snr,
-        n_steps=n_steps,
-        num_steps=num_steps,
-        denoise=denoise,
-        grid=grid,
-        known_noise=known_noise,
-        stats=stats,
-    )
+    # without x_T, inpaint draws the prior: isotropic, so a draw in the rotated basis is one in color space
+    y = inpaint(sde, rotated_score, y_known, mask, generator, x_T, eps, known_noise, t_start, **pc_options)
     return _from_basis(q, y)
 
 
@@ -432,13 +401,13 @@ def train_time_dependent_classifier(
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     opt = torch.optim.Adam(classifier.parameters(), lr=check_positive("lr", lr))
     gen_device = generator.device if generator is not None else "cpu"
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=gen_device)
-        idx = idx.to(data.device)
-        loss = noisy_classifier_loss(classifier, sde, data[idx], labels[idx], eps, generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    return torch.stack(losses).tolist()
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for _ in range(steps):
+            idx = torch.randint(0, data.shape[0], (batch_size,), generator=generator, device=gen_device)
+            yield data[idx.to(data.device)], labels[idx.to(data.device)]
+
+    def loss(x0: Tensor, y: Tensor) -> Tensor:
+        return noisy_classifier_loss(classifier, sde, x0, y, eps, generator)
+
+    return fit_classifier(opt, batches(), loss)

@@ -20,6 +20,11 @@ Since g depends on t alone, the Ito and Stratonovich forms coincide, so ``sde_ty
 all of torchsde's methods apply. Score evaluations per step: euler, milstein, euler_heun,
 reversible_heun 1; heun, midpoint 2; srk about 3 (additive) / 10 (diagonal). torchsde evaluates ``f``
 and ``g`` once more before solving to check shapes; ``nfe`` counts that evaluation too.
+
+The constructors check their arguments: TypeError for an ``sde`` that is not a diffscore SDE or a
+``score`` that is not callable; ValueError for a ``shape`` that is not a tuple of positive ints, an
+unknown ``sde_type`` or a ``t_min`` outside [0, T). Every score evaluation is checked as
+:class:`_Dynamics` says.
 """
 
 from __future__ import annotations
@@ -30,28 +35,23 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_finite, check_score_output, check_state_and_score, state_limit
+from ._checks import (
+    check_callable,
+    check_choice,
+    check_eps,
+    check_finite,
+    check_instance,
+    check_score_output,
+    check_shape,
+    check_state_and_score,
+    state_limit,
+)
 from .score import ScoreFn
 from .sde import SDE
 
 __all__ = ["ForwardSDE", "ReverseSDE", "ProbabilityFlowODE", "LikelihoodODE", "SDE_TYPES"]
 
 SDE_TYPES = ("ito", "stratonovich")
-
-
-def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(shape)
-    if len(shape) < 1 or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(
-            f"shape must be a tuple of positive ints (the event shape, without batch), got {shape}"
-        )
-    return shape
-
-
-def _check_sde_type(sde_type: str) -> str:
-    if sde_type not in SDE_TYPES:
-        raise ValueError(f"sde_type must be one of {SDE_TYPES}, got {sde_type!r}")
-    return sde_type
 
 
 class _Dynamics(nn.Module):
@@ -67,10 +67,9 @@ class _Dynamics(nn.Module):
 
     def __init__(self, sde: SDE, score: ScoreFn | None, needs_score: bool = True) -> None:
         super().__init__()
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
-        if (needs_score or score is not None) and not callable(score):
-            raise TypeError("score must be callable: score(x, t) -> like x")
+        check_instance("sde", sde, SDE, "a diffscore SDE")
+        if needs_score or score is not None:
+            check_callable("score", score, "score(x, t) -> like x")
         self.sde = sde
         self.score = score
         self.nfe = 0
@@ -98,8 +97,8 @@ class ForwardSDE(_Dynamics):
 
     def __init__(self, sde: SDE, shape: Sequence[int], sde_type: str = "ito") -> None:
         super().__init__(sde, None, needs_score=False)
-        self.shape = _check_shape(shape)
-        self.sde_type = _check_sde_type(sde_type)
+        self.shape = check_shape(shape, event=True)
+        self.sde_type = check_choice("sde_type", sde_type, SDE_TYPES)
 
     def f(self, t: Tensor, y: Tensor) -> Tensor:
         self.nfe += 1
@@ -126,8 +125,8 @@ class ReverseSDE(_Dynamics):
 
     def __init__(self, sde: SDE, score: ScoreFn, shape: Sequence[int], sde_type: str = "ito") -> None:
         super().__init__(sde, score)
-        self.shape = _check_shape(shape)
-        self.sde_type = _check_sde_type(sde_type)
+        self.shape = check_shape(shape, event=True)
+        self.sde_type = check_choice("sde_type", sde_type, SDE_TYPES)
 
     @staticmethod
     def solver_times(t: Tensor | Sequence[float]) -> Tensor:
@@ -163,9 +162,7 @@ class ProbabilityFlowODE(_Dynamics):
 
     def __init__(self, sde: SDE, score: ScoreFn, t_min: float = 0.0) -> None:
         super().__init__(sde, score)
-        if not 0.0 <= float(t_min) < sde.T:
-            raise ValueError(f"t_min must lie in [0, T) = [0, {sde.T}), got {t_min}")
-        self.t_min = float(t_min)
+        self.t_min = check_eps(float(t_min), sde.T, "t_min")  # a number or a one-element tensor
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """The probability-flow vector field at (B,) times t (no clamping)."""
@@ -192,9 +189,7 @@ class LikelihoodODE(nn.Module):
 
     A batched VJP over c cotangents holds about c times the activations that the forward pass saves
     for backward. With ``chunk_size=None`` the first evaluation measures those bytes (a saved-tensors
-    hook) and takes ``c = memory_budget // bytes`` (at least 1, at most D): 3x32x32 images under a
-    small U-Net in batches of 8 then stay under 1 GB instead of the 11 GB of one chunk of D = 3072
-    (benchmarks/bench_memory.py), while a small MLP on 8x8 digits still takes all D at once.
+    hook) and takes ``c = memory_budget // bytes`` (at least 1, at most D; docs/likelihood.md, "Memory").
     """
 
     def __init__(
@@ -208,7 +203,7 @@ class LikelihoodODE(nn.Module):
     ) -> None:
         super().__init__()
         self.flow = flow
-        self.shape = _check_shape(shape)
+        self.shape = check_shape(shape, event=True)
         self.dim = math.prod(self.shape)
         self.divergence = divergence
         self.probes = probes

@@ -24,9 +24,11 @@ from torchdiffeq._impl.solvers import AdaptiveStepsizeODESolver, FixedGridODESol
 from ._checks import (
     Generator,
     StepSizeUnderflowError,
+    check_choice,
     check_data,
     check_data_range,
     check_float_dtype,
+    check_int,
     check_latent,
     check_positive,
     check_solve_eps,
@@ -86,9 +88,10 @@ def _ode_kwargs(
     t_end: Tensor | None = None,
     name: str = "method",
 ) -> dict[str, Any]:
-    """torchdiffeq keyword arguments; adaptive methods get the per-sample ``norm`` and a step boundary
-    at ``t_end``, so no Runge-Kutta stage is evaluated past the end of the interval (there the dynamics
-    clamp t, a kink in the vector field that costs adaptive solvers 10-1000x their tolerance).
+    """Check the torchdiffeq arguments of a front door and return ``torchdiffeq.odeint``'s keyword
+    arguments: adaptive methods get the per-sample ``norm`` and a step boundary at ``t_end``, so no
+    Runge-Kutta stage is evaluated past the end of the interval (there the dynamics clamp t, a kink in
+    the vector field that costs adaptive solvers 10-1000x their tolerance).
 
     A fixed-grid method needs ``options["step_size"]`` (> 0) or ``options["grid_constructor"]``: without
     either, torchdiffeq steps on the output times alone, i.e. ONE step from eps to T, silently. ``name``
@@ -98,8 +101,7 @@ def _ode_kwargs(
     check_positive("atol", atol)
     if not isinstance(method, str):
         raise TypeError(f"{name} must be a torchdiffeq method name")
-    if method not in ODE_SOLVERS:
-        raise ValueError(f"{name} must be one of {sorted(ODE_SOLVERS)}, got {method!r}")
+    check_choice(name, method, sorted(ODE_SOLVERS))
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict or None, got {type(options).__name__}")
     opts = dict(options or {})
@@ -143,16 +145,6 @@ def _odeint(func, y0: Tensor, ts: Tensor, flow: ProbabilityFlowODE, **kw: Any) -
         raise
 
 
-@torch.no_grad()
-def _solve_flow(sde, score, x, t0, t1, eps, rtol, atol, method, options):
-    flow = ProbabilityFlowODE(sde, score, t_min=eps)
-    ts = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
-    kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(x.shape[0]), ts[-1])
-    out = _odeint(flow, x, ts, flow, **kw)[-1]
-    _check_output("latent" if t1 > t0 else "sample", out, t1, flow.limit)
-    return out, flow.nfe
-
-
 def _check_output(name: str, x: Tensor, t: float, limit: float) -> None:
     """The solver's final state must be finite and within the plausible range (fixed-step solvers never
     evaluate the dynamics there)."""
@@ -173,34 +165,42 @@ def encode(
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Encode data x (B, *shape) to latents z = x(T) by solving the probability-flow ODE from eps to T.
+    """Encode data x (B, *shape) at time eps to latents z = x(T), shaped like x, by solving the
+    probability-flow ODE ``dx/dt = f(x, t) - g(t)^2 score(x, t) / 2`` from eps to T (Song et al. 2021,
+    eq. 13 and Sec. 4.3). The map is deterministic and :func:`decode` inverts it.
 
-    The map is deterministic and invertible (:func:`decode`); Song et al. 2021, Sec. 4.3.
-    ``stats``, if given, receives ``nfe``. No autograd graph is recorded (memory stays flat in the
-    number of steps); to differentiate through the flow, pass :class:`ProbabilityFlowODE` to
-    ``torchdiffeq.odeint`` or ``odeint_adjoint`` yourself.
+    ``stats``, if given, receives ``nfe`` (score evaluations). No autograd graph is recorded (memory
+    stays flat in the number of steps); to differentiate through the flow, pass
+    :class:`~diffscore.dynamics.ProbabilityFlowODE` to ``torchdiffeq.odeint`` or ``odeint_adjoint``.
 
     Args:
         eps: the data time, in (0, T) where the SDE's std vanishes at 0 (VP, sub-VP, VE "exact").
-        rtol, atol, method, options: passed to ``torchdiffeq.odeint``. A fixed-grid ``method``
-            ("euler", "midpoint", "rk4", ..., :func:`fixed_grid_methods`) needs its step:
-            ``options={"step_size": h}`` (or ``"grid_constructor"``).
+        rtol, atol, method, options: passed to ``torchdiffeq.odeint``; adaptive methods use a per-sample
+            error norm (:func:`per_sample_norm`). A fixed-grid ``method`` ("euler", "midpoint", "rk4",
+            ..., :func:`fixed_grid_methods`) needs its step: ``options={"step_size": h}`` (or
+            ``"grid_constructor"``).
 
     Raises:
         ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty); ``eps`` outside [0, T) or with
-            ``std(eps) = 0`` (the score is singular there); bad tolerances; an unknown ``method``, or a
-            fixed-grid one without ``options["step_size"]``; ``stats`` not a dict or None (TypeError);
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state
-            (ValueError).
-        FloatingPointError: if the score or the state turns non-finite or implausibly large during the
-            solve.
+            ``std(eps) = 0`` (the score is singular there); a ``score`` that is not callable (TypeError);
+            bad tolerances; an unknown ``method``, or a fixed-grid one without ``options["step_size"]``;
+            ``stats`` not a dict or None (TypeError); a ``score`` returning a non-tensor (TypeError) or a
+            tensor not shaped like the state (ValueError).
+        FloatingPointError: the score or the state turns non-finite or implausibly large during the
+            solve (the message names the time); :class:`~diffscore._checks.StepSizeUnderflowError` when
+            an adaptive step size underflows.
     """
     check_stats(stats)
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
-    z, nfe = _solve_flow(sde, score, x, eps, sde.T, eps, rtol, atol, method, options)
+    flow = ProbabilityFlowODE(sde, score, t_min=eps)  # checks sde and score
+    ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
+    kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(x.shape[0]), ts[-1])
+    with torch.no_grad():
+        z = _odeint(flow, x, ts, flow, **kw)[-1]
+    _check_output("latent", z, sde.T, flow.limit)
     if stats is not None:
-        stats["nfe"] = nfe
+        stats["nfe"] = flow.nfe
     return z
 
 
@@ -215,7 +215,8 @@ def decode(
     options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> Tensor:
-    """Decode latents z (B, *shape) at time T to data at time eps (the inverse of :func:`encode`).
+    """Decode latents z (B, *shape) at time T to data at time eps, shaped like z: the probability-flow
+    ODE solved from T down to eps, the inverse of :func:`encode`.
 
     Arguments as in :func:`encode`. ``z`` must be a plausible state at T: every entry strictly inside
     the samplers' bound ``1e4 x sde.prior_std`` (:func:`~diffscore._checks.state_limit`).
@@ -223,15 +224,18 @@ def decode(
     Raises:
         ValueError / TypeError: bad ``z`` (non-float, NaN/inf, empty, or an entry at or beyond the
             plausible bound; the message names ``z`` and the bound), and the errors of :func:`encode`.
-        FloatingPointError: if the score or the state turns non-finite or implausibly large during the
-            solve.
     """
     check_stats(stats)
     check_latent("z", z, sde.prior_std)
     eps = check_solve_eps(sde, eps)
-    x, nfe = _solve_flow(sde, score, z, sde.T, eps, eps, rtol, atol, method, options)
+    flow = ProbabilityFlowODE(sde, score, t_min=eps)  # checks sde and score
+    ts = torch.tensor([sde.T, eps], dtype=z.dtype, device=z.device)
+    kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(z.shape[0]), ts[-1])
+    with torch.no_grad():
+        x = _odeint(flow, z, ts, flow, **kw)[-1]
+    _check_output("sample", x, eps, flow.limit)
     if stats is not None:
-        stats["nfe"] = nfe
+        stats["nfe"] = flow.nfe
     return x
 
 
@@ -271,52 +275,51 @@ def log_likelihood(
 ) -> LikelihoodResult:
     """Log-likelihood of x (B, *shape) under the probability-flow ODE (Song et al. 2021, eq. 39).
 
-    Solves ``[x, l]`` from eps to T and returns ``log p_eps(x) = prior_logp(x(T)) + l(T)`` in nats.
+    Solves the flow augmented with its divergence, ``d[x, l]/dt = [v(x, t), div v(x, t)]``, from
+    ``[x, 0]`` at eps to ``[z, l(T)]`` at T and returns ``log p_eps(x) = log p_T(z) + l(T)`` in nats
+    (instantaneous change of variables, Chen et al. 2018).
 
     Args:
-        divergence: "exact" (D batched vector-Jacobian products per step, in chunks of ``chunk_size``;
-            for small D) or "hutchinson" (``n_probes`` probes, drawn once and fixed for the solve).
+        divergence: "exact" (D batched vector-Jacobian products per evaluation, in chunks of
+            ``chunk_size``; for small D) or "hutchinson" (``n_probes`` probes ``eps_p``,
+            ``div v ~ mean_p eps_p^T J eps_p``, drawn once and fixed for the solve; Grathwohl et al. 2019).
+        probe: "rademacher" or "gaussian" (Hutchinson only).
+        n_probes: probes per sample, >= 1 (Hutchinson only).
+        eps: the data time, in (0, T) where the SDE's std vanishes at 0 (VP, sub-VP, VE "exact").
+        rtol, atol, method, options: as in :func:`encode`.
+        generator: torch.Generator or a list of B of them, for the probes.
         chunk_size: one-hot cotangents per batched VJP of the exact divergence; None picks the most
             that fit in 512 MiB of saved activations (measured on the first evaluation,
             :class:`~diffscore.dynamics.LikelihoodODE`).
-        probe: "rademacher" or "gaussian" (Hutchinson only).
-        generator: torch.Generator or a list of B of them, for the probes.
-        eps: the data time, in (0, T) where the SDE's std vanishes at 0 (VP, sub-VP, VE "exact").
-        rtol, atol, method, options: passed to ``torchdiffeq.odeint``; adaptive methods use a per-sample
-            error norm. A fixed-grid ``method`` ("euler", "rk4", ...) needs ``options={"step_size": h}``.
+
+    Returns:
+        :class:`LikelihoodResult`: ``logp``, ``prior_logp``, ``delta_logp`` (B,) in nats, the latent
+        ``z`` (B, *shape) and ``nfe``.
 
     Raises:
-        ValueError / TypeError: bad x, unknown divergence/probe/method, a fixed-grid method without
-            ``options["step_size"]``, eps outside [0, T) or with ``std(eps) = 0`` (the score is singular
-            there), n_probes < 1; a ``score`` returning a non-tensor (TypeError) or a tensor not shaped
-            like the state (ValueError).
-        FloatingPointError: a non-finite score or divergence during the solve (names the time).
+        ValueError / TypeError: bad ``x``, ``eps``, ``score``, tolerances, ``method`` or ``options`` as in
+            :func:`encode`; an unknown ``divergence`` or ``probe``; ``n_probes`` not an int >= 1;
+            ``chunk_size`` not a positive int or None; a bad ``generator`` (Hutchinson only).
+        FloatingPointError: a non-finite or implausibly large score, state or divergence during the solve
+            (names the time); :class:`~diffscore._checks.StepSizeUnderflowError` as in :func:`encode`.
     """
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    if isinstance(n_probes, bool) or not isinstance(n_probes, int) or n_probes < 1:
-        raise ValueError(f"n_probes must be an int >= 1, got {n_probes!r}")
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("probe", probe, PROBES)
+    check_int("n_probes", n_probes, 1, value_error=True)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    flow = ProbabilityFlowODE(sde, score, t_min=eps)  # checks sde and score
     b, shape = x.shape[0], tuple(x.shape[1:])
     d = math.prod(shape)
-    probes = None
-    if divergence == "hutchinson":
-        draw = (b, n_probes) + shape
-        if probe == "gaussian":
-            probes = randn(draw, generator, x.device, x.dtype)
-        else:
-            probes = rand(draw, generator, x.device, x.dtype).lt(0.5).to(x.dtype) * 2 - 1
-        probes = probes.transpose(0, 1).contiguous()
-    flow = ProbabilityFlowODE(sde, score, t_min=eps)
-    func = LikelihoodODE(flow, shape, divergence, probes, chunk_size)
-    state0 = torch.cat([x.reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
     ts = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     kw = _ode_kwargs(rtol, atol, method, options, per_sample_norm(b, split=d), ts[-1])
+
+    probes = _hutchinson_probes(probe, n_probes, x, generator) if divergence == "hutchinson" else None
+    func = LikelihoodODE(flow, shape, divergence, probes, chunk_size)
+    # [x, l] from [x, 0] at eps to [z, l(T)] at T: log p_eps(x) = log p_T(z) + l(T)
+    state0 = torch.cat([x.reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
     state = _odeint(func, state0, ts, flow, **kw)[-1]
     z = state[:, :d].reshape(x.shape)
     delta = state[:, d]
@@ -324,6 +327,17 @@ def log_likelihood(
     _check_output("log-density change", delta[:, None], sde.T, math.inf)
     prior = sde.prior_logp(z)
     return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=flow.nfe)
+
+
+def _hutchinson_probes(probe: str, n_probes: int, x: Tensor, generator: Generator) -> Tensor:
+    """(n_probes, B, *shape) Rademacher (+-1) or standard Gaussian probes, sample b's from its own
+    generator when ``generator`` is a list."""
+    draw = (x.shape[0], n_probes) + tuple(x.shape[1:])
+    if probe == "gaussian":
+        probes = randn(draw, generator, x.device, x.dtype)
+    else:
+        probes = rand(draw, generator, x.device, x.dtype).lt(0.5).to(x.dtype) * 2 - 1
+    return probes.transpose(0, 1).contiguous()
 
 
 @dataclass
@@ -368,13 +382,16 @@ def bits_per_dim(
         generator: for the dequantization noise (and Hutchinson probes); a list gives per-sample draws.
         likelihood_kwargs: passed to :func:`log_likelihood` (divergence, eps, rtol, atol, method, ...).
 
+    Returns:
+        :class:`BitsPerDimResult`: ``bpd`` (B,) in bits/dim, ``logp`` (B,) in nats, ``nfe``.
+
     Raises:
-        ValueError / TypeError: non-integer values, values outside [0, num_bins), num_bins < 2, an
-            unknown ``dequantize``; ``data_range`` not a pair of numbers (TypeError) or not finite with
-            lo < hi (ValueError); ``dtype`` not a floating-point dtype (TypeError).
+        ValueError / TypeError: ``x_int`` not a (B, *shape) tensor (TypeError), non-integer values,
+            values outside [0, num_bins), num_bins not an int >= 2, an unknown ``dequantize``;
+            ``data_range`` not a pair of numbers (TypeError) or not finite with lo < hi (ValueError);
+            ``dtype`` not a floating-point dtype (TypeError); and the errors of :func:`log_likelihood`.
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
+    check_int("num_bins", num_bins, 2, value_error=True)
     lo, hi = check_data_range(data_range)
     dtype = check_float_dtype(dtype)
     if dequantize != "uniform":
@@ -389,6 +406,7 @@ def bits_per_dim(
         raise ValueError("x_int must hold integer values (got non-integers)")
     if not bool(((xf >= 0) & (xf < num_bins)).all()):
         raise ValueError(f"x_int values must lie in [0, num_bins) = [0, {num_bins})")
+    # uniform dequantization, y = (x_int + u) / num_bins, mapped onto [lo, hi]
     u = rand(xf.shape, generator, xf.device, xf.dtype)
     x = lo + (hi - lo) * (xf + u) / num_bins
     res = log_likelihood(sde, score, x, generator=generator, **likelihood_kwargs)

@@ -28,7 +28,21 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import Generator, as_time, bcast, check_data, check_eps, check_positive, rand, randn
+from ._checks import (
+    Generator,
+    as_time,
+    bcast,
+    check_callable,
+    check_choice,
+    check_data,
+    check_eps,
+    check_instance,
+    check_int,
+    check_positive,
+    check_positive_entries,
+    rand,
+    randn,
+)
 from .sde import SDE
 
 __all__ = [
@@ -47,17 +61,8 @@ _REDUCTIONS = ("mean", "sum")
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-def _check_reduction(reduction: str) -> None:
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-
-
-def _check_callable(name: str, fn: object) -> None:
-    if not callable(fn):
-        raise TypeError(f"{name} must be callable")
-
-
 def _check_output(name: str, out: object, x: Tensor) -> Tensor:
+    """``out`` if it is a tensor shaped like ``x``; ValueError naming the callable ``name`` otherwise."""
     if not isinstance(out, Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"{name} must return a tensor shaped like its input {tuple(x.shape)}, got {got}")
@@ -74,11 +79,6 @@ def _finish(per: Tensor, per_sample: bool) -> Tensor:
     return per if per_sample else per.mean()
 
 
-def _check_sde(sde: object) -> None:
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
-
-
 def _sigma_tensor(sigma: Tensor | float, batch: int, like: Tensor) -> Tensor:
     """A float, 0-d or (B,) sigma as a (B,) tensor like ``like`` (dtype, device); finite and > 0."""
     if not isinstance(sigma, Tensor):
@@ -87,10 +87,7 @@ def _sigma_tensor(sigma: Tensor | float, batch: int, like: Tensor) -> Tensor:
         raise ValueError(
             f"sigma must be a float, a 0-d tensor or shaped (B,) = ({batch},), got {tuple(sigma.shape)}"
         )
-    sigma = sigma.to(dtype=like.dtype, device=like.device).expand(batch)
-    if not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
-        raise ValueError("sigma must be finite and > 0")
-    return sigma
+    return check_positive_entries("sigma", sigma.to(dtype=like.dtype, device=like.device).expand(batch))
 
 
 # ---- continuous-time denoising score matching ----------------------------------------------------
@@ -150,13 +147,13 @@ def dsm_loss(
             likelihood weighting or together with t, or a score output of the wrong shape.
         TypeError: for a non-SDE ``sde``, a non-callable score or non-floating x0.
     """
-    _check_callable("score", score)
-    _check_sde(sde)
+    check_callable("score", score)
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_data("x0", x0)
     eps = check_eps(eps, sde.T)
     if weighting not in ("sigma2", "likelihood"):
         raise ValueError(f"weighting must be 'sigma2' or 'likelihood', got {weighting!r}")
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, _REDUCTIONS)
     likelihood = weighting == "likelihood"
     if likelihood and eps == 0.0 and t is None:
         raise ValueError(
@@ -229,11 +226,11 @@ def ddpm_loss(
         ValueError: eps outside [0, T), unknown reduction, t outside [0, T], wrong output shape.
         TypeError: non-SDE ``sde``, non-callable eps_model, non-floating x0.
     """
-    _check_callable("eps_model", eps_model)
-    _check_sde(sde)
+    check_callable("eps_model", eps_model)
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_data("x0", x0)
     eps = check_eps(eps, sde.T)
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, _REDUCTIONS)
     batch = x0.shape[0]
     if t is not None:
         t = as_time(t, batch, x0)
@@ -280,11 +277,11 @@ def dsm_loss_at_sigma(
         ValueError: non-positive or badly shaped sigma, unknown weighting or reduction, wrong output shape.
         TypeError: non-callable score_sigma, non-floating x0, non-number sigma.
     """
-    _check_callable("score_sigma", score_sigma)
+    check_callable("score_sigma", score_sigma)
     check_data("x0", x0)
     if weighting not in ("sigma2", "none"):
         raise ValueError(f"weighting must be 'sigma2' or 'none', got {weighting!r}")
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, _REDUCTIONS)
     sigma = _sigma_tensor(sigma, x0.shape[0], x0)
     z = randn(x0.shape, generator, x0.device, x0.dtype)
     return _finish(_dsm_sigma(score_sigma, x0, sigma, z, weighting, reduction), per_sample)
@@ -330,14 +327,13 @@ def ncsn_loss(
             shape or out of range; unknown reduction; wrong output shape.
         TypeError: non-callable score_sigma, non-floating x0, non-integer labels.
     """
-    _check_callable("score_sigma", score_sigma)
+    check_callable("score_sigma", score_sigma)
     check_data("x0", x0)
-    _check_reduction(reduction)
+    check_choice("reduction", reduction, _REDUCTIONS)
     sigmas = torch.as_tensor(sigmas, dtype=x0.dtype, device=x0.device)
     if sigmas.ndim != 1 or sigmas.numel() == 0:
         raise ValueError(f"sigmas must be a non-empty 1-D sequence, got shape {tuple(sigmas.shape)}")
-    if not bool(((sigmas > 0) & torch.isfinite(sigmas)).all()):
-        raise ValueError("sigmas must be finite and > 0")
+    check_positive_entries("sigmas", sigmas)
     if not bool((sigmas[1:] < sigmas[:-1]).all()):
         raise ValueError("sigmas must be strictly decreasing (sigma_1 > ... > sigma_L)")
     batch, n_levels = x0.shape[0], sigmas.numel()
@@ -402,7 +398,7 @@ def exact_score_matching_loss(score: ScoreX, x: Tensor, per_sample: bool = False
         ValueError: wrong output shape, or an output that does not depend on x through autograd.
         TypeError: non-callable score or non-floating x.
     """
-    _check_callable("score", score)
+    check_callable("score", score)
     check_data("x", x)
     batch, dim = x.shape[0], x[0].numel()
     eye = torch.eye(dim, dtype=x.dtype, device=x.device).reshape(dim, 1, *x.shape[1:])
@@ -451,12 +447,9 @@ def sliced_score_matching_loss(
         ValueError: n_projections < 1, unknown dist, wrong output shape.
         TypeError: non-callable score, non-floating x, non-integer n_projections.
     """
-    _check_callable("score", score)
+    check_callable("score", score)
     check_data("x", x)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int):
-        raise TypeError(f"n_projections must be an int, got {type(n_projections).__name__}")
-    if n_projections < 1:
-        raise ValueError(f"n_projections must be >= 1, got {n_projections}")
+    check_int("n_projections", n_projections, 1)
     if dist not in ("gaussian", "rademacher"):
         raise ValueError(f"dist must be 'gaussian' or 'rademacher', got {dist!r}")
     batch = x.shape[0]

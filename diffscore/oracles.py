@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import Generator, as_time, generators, randn
+from ._checks import Generator, as_time, check_positive_entries, generators, randn
 from .sde import SDE
 
 __all__ = ["GaussianMixture"]
@@ -50,8 +50,7 @@ class GaussianMixture:
         weights = torch.as_tensor(weights, dtype=means.dtype, device=means.device)
         if weights.shape != (k,):
             raise ValueError(f"weights must be shaped (K,) = ({k},), got {tuple(weights.shape)}")
-        if not bool((weights > 0).all()) or not bool(torch.isfinite(weights).all()):
-            raise ValueError("weights must be finite and > 0")
+        check_positive_entries("weights", weights)
         stds = torch.as_tensor(stds, dtype=means.dtype, device=means.device)
         if stds.ndim == 1 and stds.shape == (k,):
             stds = stds.reshape((k,) + (1,) * (means.ndim - 1))
@@ -61,8 +60,7 @@ class GaussianMixture:
             raise ValueError(
                 f"stds of shape {tuple(stds.shape)} do not broadcast to means {tuple(means.shape)}"
             ) from err
-        if not bool((stds > 0).all()) or not bool(torch.isfinite(stds).all()):
-            raise ValueError("stds must be finite and > 0")
+        check_positive_entries("stds", stds)
         if not bool(torch.isfinite(means).all()):
             raise ValueError("means must be finite")
         self.event_shape = tuple(means.shape[1:])
@@ -172,8 +170,7 @@ class GaussianMixture:
         if sde is not None:
             if t is None:
                 raise ValueError("an sde was given without t")
-            tt = sde._check_t(torch.full((n,), float(t), dtype=dt, device=dev))
-            alpha, std = sde.alpha_std(tt)
+            alpha, std = sde.marginal_coeffs(torch.full((n,), float(t), dtype=dt, device=dev))
             x = alpha[:, None] * x + std[:, None] * randn((n, self.dim), gens, dev, dt)
         x = x.reshape((n,) + self.event_shape)
         return (x, labels) if return_labels else x

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_time, bcast, check_positive
+from ._checks import as_time, bcast, check_callable, check_choice, check_instance, check_positive
 from .io import (
     read_json,
     read_tensors,
@@ -22,7 +23,7 @@ from .io import (
 )
 from .sde import SDE, sde_from_config, sde_to_config
 
-__all__ = ["ScoreModel", "ScoreFn", "PARAMETERIZATIONS"]
+__all__ = ["ScoreModel", "ScoreFn", "PARAMETERIZATIONS", "ModelCard", "TrainingData"]
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -37,6 +38,69 @@ PARAMETERIZATIONS = {
 }
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """Where a model's train / validation / test splits come from: the arguments of
+    :func:`diffscore.data.load_splits` (the defaults are its own: the bundled digits)."""
+
+    dataset: str = "digits"
+    data_root: str | None = None
+    split_seed: int = 0
+    val_size: int = 1000
+    test_size: int = 1000
+    image_size: int = 32
+    channels: int = 3
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model directory's ``config.json`` says about the model's data and use, read once.
+
+    Attributes:
+        image_shape: the shape of one sample, e.g. (C, H, W), or None when the model does not say.
+        num_bins: gray levels of the integer data (default 256: 8-bit images).
+        data_range: (lo, hi) the integer data were dequantized onto (default (-1, 1)).
+        dataset: the data set's name as the model records it, or None.
+        training_data: how to load its train / validation / test splits (a training run's data; the
+            bundled digits when the model was not trained by diffscore).
+        likelihood_eps: the smallest time of its likelihood integral (default 1e-5).
+        sample_method, sample_options: the sampler its training run used for samples (None and {}
+            when it has none), as :func:`diffscore.sample` takes them.
+        metadata: the whole ``metadata`` mapping, for what the card does not name (step, val_bpd,
+            source, ...).
+    """
+
+    image_shape: tuple[int, ...] | None = None
+    num_bins: int = 256
+    data_range: tuple[float, float] = (-1.0, 1.0)
+    dataset: str | None = None
+    training_data: TrainingData = field(default_factory=TrainingData)
+    likelihood_eps: float = 1e-5
+    sample_method: str | None = None
+    sample_options: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> ModelCard:
+        """The card of a ``config.json``'s ``metadata`` (written by :meth:`ScoreModel.save_pretrained`:
+        a training run's ``Trainer.metadata()`` or a converter's)."""
+        run = metadata.get("train_config") or {}
+        lo, hi = metadata.get("data_range", (-1.0, 1.0))
+        shape = metadata.get("image_shape")
+        names = {f.name for f in fields(TrainingData)}
+        return cls(
+            image_shape=tuple(int(n) for n in shape) if shape else None,
+            num_bins=int(metadata.get("num_bins", 256)),
+            data_range=(float(lo), float(hi)),
+            dataset=metadata.get("dataset"),
+            training_data=TrainingData(**{k: v for k, v in run.items() if k in names}),
+            likelihood_eps=float(metadata.get("likelihood_eps", 1e-5)),
+            sample_method=run.get("sample_method"),
+            sample_options=dict(run.get("sample_options") or {}),
+            metadata=dict(metadata),
+        )
+
+
 class ScoreModel(nn.Module):
     """Turns a network ``net(x, t) -> like x`` into a score function under ``sde``.
 
@@ -48,8 +112,10 @@ class ScoreModel(nn.Module):
             large finite score instead of inf; a finite number > 0 (0 would divide by zero at t = 0,
             NaN would turn every output into NaN).
         event_shape: the shape of one sample, e.g. (C, H, W), when known (from_pretrained takes it from
-            the model's metadata): then ``model(x, t)`` checks ``x.shape[1:]``, so an unbatched image is
+            the model's card): then ``model(x, t)`` checks ``x.shape[1:]``, so an unbatched image is
             refused instead of being read as a batch.
+        card: what the model's directory says about its data and use (:class:`ModelCard`; set by
+            :meth:`from_pretrained`, None for a model built in code).
 
     ``model(x, t)`` returns the score, shaped like x. ``t`` is a float, 0-d or (B,) tensor of times.
 
@@ -68,21 +134,18 @@ class ScoreModel(nn.Module):
         parameterization: str = "noise",
         min_std: float = 1e-12,
         event_shape: Sequence[int] | None = None,
+        card: ModelCard | None = None,
     ) -> None:
         super().__init__()
-        if not callable(net):
-            raise TypeError("net must be callable: net(x, t) -> like x")
-        if not isinstance(sde, SDE):
-            raise TypeError(f"sde must be a diffscore SDE, got {type(sde).__name__}")
-        if parameterization not in PARAMETERIZATIONS:
-            raise ValueError(
-                f"parameterization must be one of {sorted(PARAMETERIZATIONS)}, got {parameterization!r}"
-            )
+        check_callable("net", net, "net(x, t) -> like x")
+        check_instance("sde", sde, SDE, "a diffscore SDE")
+        check_choice("parameterization", parameterization, sorted(PARAMETERIZATIONS))
         self.net = net
         self.sde = sde
         self.parameterization = parameterization
         self.min_std = check_positive("min_std", min_std)
         self.event_shape = None if event_shape is None else tuple(int(s) for s in event_shape)
+        self.card = card
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """The score ``grad_x log p_t(x)``: x (B, *shape), t a float, 0-d or (B,) tensor -> like x.
@@ -147,13 +210,14 @@ class ScoreModel(nn.Module):
     def from_pretrained(
         cls, directory: str | os.PathLike, map_location: torch.device | str | None = None
     ) -> ScoreModel:
-        """Load a model written by :meth:`save_pretrained`, in eval mode, on ``map_location`` (default CPU).
+        """Load a model written by :meth:`save_pretrained`, in eval mode, on ``map_location`` (default CPU),
+        with its :class:`ModelCard` as ``model.card`` (``config.json`` is read once).
 
         Raises:
             FileNotFoundError: ``directory``, its ``config.json`` or its ``model.safetensors`` is missing.
-            ValueError: a corrupt or unreadable file, a config that is not a ScoreModel's, or weights that
-                do not fit the network the config describes (missing, unexpected or mis-shaped tensors);
-                every message names the path.
+            ValueError: a corrupt or unreadable file, a config that is not a ScoreModel's (metadata the
+                card cannot read included), or weights that do not fit the network the config describes
+                (missing, unexpected or mis-shaped tensors); every message names the path.
         """
         from . import nets
 
@@ -165,13 +229,17 @@ class ScoreModel(nn.Module):
         config = read_json(config_path)
         if config.get("format") != "diffscore.ScoreModel":
             raise ValueError(f"{str(config_path)!r} is not a diffscore ScoreModel config")
-        shape = (config.get("metadata") or {}).get("image_shape")
+        try:
+            card = ModelCard.from_metadata(config.get("metadata") or {})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{str(config_path)!r} does not describe a valid model: {err}") from err
 
         def build() -> ScoreModel:
             try:
                 net = nets.from_config(config["net"])
                 sde = sde_from_config(config["sde"])
-                return cls(net, sde, config["parameterization"], config.get("min_std", 1e-12), shape)
+                min_std = config.get("min_std", 1e-12)
+                return cls(net, sde, config["parameterization"], min_std, card.image_shape, card)
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{str(config_path)!r} does not describe a valid model: {err}") from err
 

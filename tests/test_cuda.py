@@ -20,7 +20,6 @@ import diffscore as ds
 from diffscore import nets
 from diffscore.oracles import GaussianMixture
 from diffscore.perf import optimize
-from diffscore.sampling.adaptive import sde_adaptive
 
 pytestmark = [
     pytest.mark.cuda,
@@ -78,8 +77,10 @@ def test_sde_adaptive_syncs_at_most_once_per_iteration():
     x_T = sde.prior_sample((64, 16), device="cuda")
     gen = torch.Generator("cuda").manual_seed(0)  # draws on the device: no host-to-device copies
     stats = {}
-    syncs = count_syncs(lambda: sde_adaptive(sde, score, x_T, 1e-3, gen, rtol=0.05, stats=stats))
-    # one per iteration (the stopping / NaN test), one to start and a few to read the statistics
+    kw = dict(x_T=x_T, eps=1e-3, rtol=0.05, stats=stats)
+    syncs = count_syncs(lambda: ds.sample(sde, score, x_T.shape, "sde_adaptive", gen, **kw))
+    # one per iteration (the stopping / NaN test), the gate's check of x_T, one to start and a few to
+    # read the statistics
     assert syncs <= stats["iterations"] + 5, (syncs, stats)
 
 

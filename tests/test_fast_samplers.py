@@ -21,12 +21,18 @@ import torch
 
 import diffscore as ds
 from diffscore.oracles import GaussianMixture
-from diffscore.sampling import sample_ode
-from diffscore.sampling.adaptive import sde_adaptive
-from diffscore.sampling.fast import dpm_solver, dpm_solver_orders, heun, karras_sigmas
+from diffscore.sampling.fast import dpm_solver_orders
+from diffscore.sampling.grids import time_grid
 from diffscore.sde import VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
+
+
+def run(method, sde, score, x_T, eps, generator=None, **options):
+    """``method`` through the public door :func:`ds.sample`, from ``x_T`` at T to ``eps``."""
+    return ds.sample(sde, score, x_T.shape, method, generator, x_T=x_T, eps=eps, **options)
+
+
 EPS = {VESDE: 1e-5, VPSDE: 1e-3, SubVPSDE: 1e-3}
 
 
@@ -43,7 +49,8 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_karras_sigmas_match_eq5(sde):
     eps, n, rho = EPS[type(sde)], 7, 7.0
-    sig = karras_sigmas(sde, eps, n, rho, dtype=F64)
+    alpha, std = sde.marginal_coeffs(time_grid(sde, eps, n - 1, "karras", rho=rho))
+    sig = std / alpha
     smax = float(sde.sigma(torch.tensor(sde.T, dtype=F64)))
     smin = float(sde.sigma(torch.tensor(eps, dtype=F64)))
     want = [
@@ -82,7 +89,7 @@ def observed_order(errors):
 def test_heun_is_second_order_on_gaussian_data(sde):
     score, x_T, eps, exact = gaussian_case(sde)
     # num_steps = N levels -> N - 1 Heun steps: 8, 16, 32 steps
-    errors = [rms(heun(sde, score, x_T, eps, num_steps=n, denoise=False), exact) for n in (9, 17, 33)]
+    errors = [rms(run("heun", sde, score, x_T, eps, num_steps=n, denoise=False), exact) for n in (9, 17, 33)]
     # measured 2.10-2.13 on VE/VP/sub-VP; a first-order bug gives ~1
     assert 1.8 < observed_order(errors) < 2.6, errors
     assert errors[-1] < 1e-2
@@ -91,7 +98,9 @@ def test_heun_is_second_order_on_gaussian_data(sde):
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_dpm_solver_order_on_gaussian_data(sde, order):
     score, x_T, eps, exact = gaussian_case(sde)
-    errors = [rms(dpm_solver(sde, score, x_T, eps, num_steps=m, order=order), exact) for m in (8, 16, 32)]
+    errors = [
+        rms(run("dpm_solver", sde, score, x_T, eps, num_steps=m, order=order), exact) for m in (8, 16, 32)
+    ]
     # measured: order 1 -> 0.92-0.95, order 2 -> 2.07-2.10, order 3 -> 3.29-3.35 (asymptotic k)
     assert order - 0.2 < observed_order(errors) < order + 0.6, errors
 
@@ -100,7 +109,7 @@ def test_dpm_solver_1_is_euler_in_sigma(sde):
     """DPM-Solver-1 is DDIM: an Euler step of d(x / alpha) / dsigma = eps_hat (Lu et al. 2022, Sec. 4.1)."""
     score, x_T, eps, _ = gaussian_case(sde)
     m = 6
-    x = dpm_solver(sde, score, x_T, eps, num_steps=m, order=1, skip_type="time_uniform")
+    x = run("dpm_solver", sde, score, x_T, eps, num_steps=m, order=1, skip_type="time_uniform")
     t = torch.linspace(sde.T, eps, m + 1, dtype=F64)
     alpha, std = sde.marginal_coeffs(t)
     y = x_T / alpha[0]
@@ -123,7 +132,7 @@ def mixture64():
 def tight_reference(sde, oracle, n=256):
     eps = EPS[type(sde)]
     x_T = sde.prior_sample((n, oracle.dim), generator=gen(1), dtype=F64)
-    ref = sample_ode(sde, oracle.score_fn(sde), x_T, eps, rtol=1e-7, atol=1e-7)
+    ref = run("ode", sde, oracle.score_fn(sde), x_T, eps, rtol=1e-7, atol=1e-7)
     return x_T, eps, ref
 
 
@@ -141,7 +150,7 @@ def test_35_nfe_within_1e_2_of_tight_pf_ode(mixture64, sde_cls):
     # measured 5.7e-3 (VE), 6.1e-3 (VP), 8.5e-3 (sub-VP)
     assert rms(x, ref0) <= 1e-2
     # the same grid stopped at eps: 34 NFE
-    x = heun(sde, score, x_T, eps, num_steps=18, denoise=False, stats=stats)
+    x = run("heun", sde, score, x_T, eps, num_steps=18, denoise=False, stats=stats)
     assert stats["nfe"] == 34 and rms(x, ref) <= 1e-2
     # DPM-Solver-3, 11 steps = 33 NFE (measured 7e-4 to 2e-3)
     x = ds.sample(sde, score, x_T.shape, method="dpm_solver", x_T=x_T, num_steps=11, order=3, stats=stats)
@@ -216,8 +225,8 @@ def test_heun_image_shaped_and_batch_independent():
     )
     score = oracle.score_fn(sde)
     x_T = sde.prior_sample((5, 2, 3, 3), generator=gen(3), dtype=F64)
-    full = heun(sde, score, x_T, 1e-5, num_steps=6)
-    alone = heun(sde, score, x_T[2:3], 1e-5, num_steps=6)
+    full = run("heun", sde, score, x_T, 1e-5, num_steps=6)
+    alone = run("heun", sde, score, x_T[2:3], 1e-5, num_steps=6)
     torch.testing.assert_close(full[2:3], alone, rtol=1e-12, atol=1e-12)
 
 
@@ -252,8 +261,8 @@ def test_sde_adaptive_mode_weights_and_tolerance_controls_nfe(mixture64):
     n = 400
     loose, tight = {}, {}
     x_T = sde.prior_sample((n, 64), gen(5), dtype=F64)
-    x = sde_adaptive(sde, score, x_T, 1e-3, gen(6), rtol=0.05, atol=0.05, stats=loose)
-    sde_adaptive(sde, score, x_T[:16], 1e-3, gen(6), rtol=0.01, atol=0.002, stats=tight)
+    x = run("sde_adaptive", sde, score, x_T, 1e-3, gen(6), rtol=0.05, atol=0.05, stats=loose)
+    run("sde_adaptive", sde, score, x_T[:16], 1e-3, gen(6), rtol=0.01, atol=0.002, stats=tight)
     assert tight["nfe"] > loose["nfe"]
     weights = mixture64.posterior(x, sde, 1e-3).argmax(1).bincount(minlength=3).double() / n
     # binomial standard error at n = 400 is at most 0.025; 4 SE
@@ -265,6 +274,6 @@ def test_sde_adaptive_per_sample_generators_make_samples_batch_independent():
     means = torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=F64)
     score = GaussianMixture([0.5, 0.5], means, 0.3).score_fn(sde)
     x_T = sde.prior_sample((4, 2), gen(0), dtype=F64)
-    full = sde_adaptive(sde, score, x_T, 1e-3, [gen(10 + k) for k in range(4)])
-    alone = sde_adaptive(sde, score, x_T[1:2], 1e-3, [gen(11)])
+    full = run("sde_adaptive", sde, score, x_T, 1e-3, [gen(10 + k) for k in range(4)])
+    alone = run("sde_adaptive", sde, score, x_T[1:2], 1e-3, [gen(11)])
     torch.testing.assert_close(full[1:2], alone, rtol=1e-10, atol=1e-10)

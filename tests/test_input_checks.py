@@ -517,7 +517,7 @@ def test_stats_that_is_not_a_dict_is_refused_before_any_work():
         with pytest.raises(TypeError, match=_STATS_MESSAGE):
             ds.sample(sde, score, (2, 3), method=method, dtype=F64, stats=[])
         with pytest.raises(TypeError, match=_STATS_MESSAGE):
-            METHODS[method](sde, score, x, 1e-3, None, stats=[])
+            ds.sample(sde, score, (2, 3), method=method, x_T=x, eps=1e-3, stats=[])
     from diffscore.sampling import annealed_langevin, annealed_langevin_inpaint, langevin_dynamics
 
     with pytest.raises(TypeError, match=_STATS_MESSAGE):

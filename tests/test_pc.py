@@ -9,6 +9,7 @@ import torch
 import diffscore as ds
 from diffscore.oracles import GaussianMixture
 from diffscore.sampling import CORRECTORS, PREDICTORS
+from diffscore.sampling.grids import time_grid
 from diffscore.sampling.pc import PCSchedule
 
 D64 = torch.float64
@@ -106,13 +107,13 @@ def test_ancestral_is_exact_and_denoising_is_tweedie_on_a_point_mass(name):
 def test_schedule_matches_the_papers_discretizations():
     n = 1000
     like = torch.zeros(1, dtype=D64)
-    ve = PCSchedule.build(SDES["ve"], 1e-5, n, like)
+    ve = PCSchedule.build(SDES["ve"], time_grid(SDES["ve"], 1e-5, n, "time_uniform"), like)
     # VE reverse diffusion: a = 1, q^2 = sigma_i^2 - sigma_{i-1}^2; corrector alpha = 1 (Alg. 2, 4)
     torch.testing.assert_close(ve.a, torch.ones_like(ve.a), rtol=0, atol=0)
     torch.testing.assert_close(ve.q2, ve.var[:-1] - ve.var[1:], rtol=1e-12, atol=0)
     torch.testing.assert_close(ve.corrector_alpha, torch.ones_like(ve.corrector_alpha), rtol=0, atol=0)
     vp_sde = SDES["vp"]
-    vp = PCSchedule.build(vp_sde, 1e-3, n, like)
+    vp = PCSchedule.build(vp_sde, time_grid(vp_sde, 1e-3, n, "time_uniform"), like)
     # VP: q^2 = 1 - exp(-int_{t_{i+1}}^{t_i} beta) = 1 - exp(-beta(midpoint) h) exactly for linear beta,
     # and a = sqrt(1 - q^2): DDPM's beta_i and sqrt(1 - beta_i) (Alg. 3) on the actual step
     mid = 0.5 * (vp.t[:-1] + vp.t[1:])
@@ -126,7 +127,7 @@ def test_schedule_matches_the_papers_discretizations():
     torch.testing.assert_close(
         vp.corrector_alpha[1:], torch.exp(-vp_sde.beta(back) * width), rtol=1e-10, atol=0
     )
-    sub = PCSchedule.build(SDES["subvp"], 1e-3, n, like)
+    sub = PCSchedule.build(SDES["subvp"], time_grid(SDES["subvp"], 1e-3, n, "time_uniform"), like)
     assert bool((sub.corrector_alpha > 0).all() & (sub.corrector_alpha <= 1).all())
 
 
@@ -229,7 +230,7 @@ def test_readme_mixture_example_is_right():
 def test_pc_grids_reach_eps_and_sample_the_gaussian(grid):
     # every grid runs T -> eps exactly and samples N(1, 0.25) within 5% (12000 x 2 draws: 0.9% s.e.)
     sde = SDES["vp"]
-    sch = PCSchedule.build(sde, 1e-3, 50, torch.zeros(1, dtype=D64), grid)
+    sch = PCSchedule.build(sde, time_grid(sde, 1e-3, 50, grid), torch.zeros(1, dtype=D64))
     assert sch.times[0] == sde.T and sch.times[-1] == 1e-3 and all(np.diff(sch.times) < 0)
     score = _gaussian_score(sde, 1.0, 0.5)
     x = ds.sample(

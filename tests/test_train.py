@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -209,6 +210,28 @@ def test_from_pretrained_round_trip(saved_model):
         assert torch.equal(loaded(x, t), model(x, t))
     # the manifest records what diffscore wrote (size and SHA-256 of each file)
     assert sorted(os.listdir(path)) == [".diffscore.json", "config.json", "model.safetensors"]
+
+
+def test_from_pretrained_carries_the_card(saved_model, digits):
+    _, path = saved_model
+    card = ds.ScoreModel.from_pretrained(path).card
+    cfg = tiny_config("steps=2")
+    # what the training run knew about its data, typed: the digits (17 gray levels, 8x8, one channel)
+    assert card.image_shape == (1, 8, 8) and card.num_bins == digits["train"].num_bins == 17
+    assert card.data_range == tuple(cfg.data_range) and card.likelihood_eps == cfg.likelihood_eps
+    splits = ds.TrainingData(
+        "digits", None, cfg.split_seed, cfg.val_size, cfg.test_size, cfg.image_size, cfg.channels
+    )
+    assert card.dataset == "digits" and card.training_data == splits
+    assert (card.sample_method, dict(card.sample_options)) == (cfg.sample_method, cfg.sample_options)
+    assert card.metadata["step"] == 2
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        card.num_bins = 256
+    # a model with no metadata (built in code, or converted without a training run): the defaults
+    assert ds.ModelCard.from_metadata({}) == ds.ModelCard()
+    assert ds.ModelCard().training_data.dataset == "digits" and ds.ModelCard().image_shape is None
+    with pytest.raises(ValueError):  # from_pretrained names config.json in the message
+        ds.ModelCard.from_metadata({"data_range": [-1.0]})
 
 
 def test_from_pretrained_missing(tmp_path, saved_model):

@@ -28,8 +28,9 @@ __all__ = ["main", "build_parser"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``diffscore`` command; returns the exit status (0 success, 2 an error, 130 interrupted).
 
-    The command's modules (and torch) are imported here, inside the handler of Ctrl-C, so an interrupt
-    while they load ends with one line too.
+    The handler of Ctrl-C is installed first, with nothing imported but ``signal`` and ``sys``; the
+    command's modules (and torch) are imported inside it, so an interrupt while they load ends with one
+    line too.
     """
     interrupted = []
 
@@ -37,7 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted.append(signum)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if _main_thread() else None
+    try:  # first, before anything that takes time is imported
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        previous = None
     try:
         from .app import run
     except BaseException:
@@ -51,12 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
     return run(argv)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .. import distributed as dd
 from ..data._validate import check_bins
-from ..io import check_output, read_json
-from ..score import ScoreModel
+from ..io import check_output
+from ..score import ModelCard, ScoreModel
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -95,27 +95,17 @@ def distributed(args: argparse.Namespace) -> Iterator[bool]:
         dd.shutdown()
 
 
-def load_model(args: argparse.Namespace) -> tuple[ScoreModel, dict[str, Any]]:
-    """The ``--model`` on ``--device`` in ``--dtype``, and the metadata of its config.json."""
-    directory = model_dir(args.model)
-    model = ScoreModel.from_pretrained(directory, map_location=args.device)
-    model = model.to(DTYPES[args.dtype])
-    metadata = read_json(directory / "config.json").get("metadata", {})
-    return model, metadata
+def load_model(args: argparse.Namespace) -> tuple[ScoreModel, ModelCard]:
+    """The ``--model`` on ``--device`` in ``--dtype``, and its card (read with it, once)."""
+    model = ScoreModel.from_pretrained(model_dir(args.model), map_location=args.device)
+    return model.to(DTYPES[args.dtype]), model.card
 
 
-def data_info(metadata: dict[str, Any]) -> tuple[int, tuple[float, float]]:
-    """``(num_bins, data_range)`` of a model's data (default: 8-bit images on [-1, 1])."""
-    num_bins = int(metadata.get("num_bins", 256))
-    lo, hi = metadata.get("data_range", (-1.0, 1.0))
-    return num_bins, (float(lo), float(hi))
-
-
-def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input", data: bool = True) -> Tensor:
+def check_images(x: Tensor, card: ModelCard, flag: str = "--input", data: bool = True) -> Tensor:
     """Raise ValueError naming ``flag`` unless ``x`` is a float (B, *image_shape) batch for this model,
     with finite entries and, for ``data`` (not latents), values inside the model's data range (up to a
     tenth of its width: dequantized data lie inside it, samples slightly outside)."""
-    shape = tuple(metadata.get("image_shape") or ())
+    shape = card.image_shape or ()
     if not x.is_floating_point():
         raise ValueError(f"{flag} must hold floating-point data in the model's range, got {x.dtype}")
     if x.ndim < 2 or x.shape[0] == 0 or (shape and tuple(x.shape[1:]) != shape):
@@ -124,7 +114,7 @@ def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input", dat
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{flag} holds NaN or inf")
     if data:
-        _, (lo, hi) = data_info(metadata)
+        lo, hi = card.data_range
         slack = 0.1 * (hi - lo)
         if float(x.min()) < lo - slack or float(x.max()) > hi + slack:
             raise ValueError(
@@ -134,14 +124,14 @@ def check_images(x: Tensor, metadata: dict[str, Any], flag: str = "--input", dat
     return x
 
 
-def check_samples(x: Tensor, metadata: dict[str, Any], flag: str, min_num: int = 1) -> Tensor:
+def check_samples(x: Tensor, card: ModelCard, flag: str, min_num: int = 1) -> Tensor:
     """Images as a command reads them: gray levels (integers in ``[0, num_bins)``) or floats in the
     model's data range (:func:`check_images`), at least ``min_num`` of them; errors name ``flag``."""
     if x.ndim < 1 or x.shape[0] < min_num:
         raise ValueError(f"{flag} must hold at least {min_num} images, got {tuple(x.shape)}")
     if x.is_floating_point():
-        return check_images(x, metadata, flag)
-    check_bins(flag, x, data_info(metadata)[0])
+        return check_images(x, card, flag)
+    check_bins(flag, x, card.num_bins)
     return x
 
 

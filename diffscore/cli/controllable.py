@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..controllable import classifier_log_prob, colorize, conditional_score, inpaint
-from ..data import bin_centers, make_mask, quantize, save_image_grid
+from ..data import ImageData, bin_centers, load_splits, make_mask, quantize, save_image_grid
 from ..evaluation.progress import SolveProgress
 from ..io import check_directory, read_tensor, write_tensors
 from ..nets.classifier import CLASSIFIER_FILES, CLASSIFIER_KIND, load_classifier, save_classifier
 from ..sampling import sample
-from ..training import TrainConfig, classifier_accuracy, load_splits, train_classifier
+from ..score import ModelCard
+from ..training import classifier_accuracy, train_classifier
 from .common import (
     add_model_arg,
     add_runtime_args,
     check_images,
     check_outputs,
     check_samples,
-    data_info,
     load_model,
     positive_int,
 )
@@ -54,12 +55,12 @@ def _pc_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _train_config(metadata: dict[str, Any]) -> TrainConfig:
-    return TrainConfig.from_dict(metadata["train_config"]) if "train_config" in metadata else TrainConfig()
+def _splits(card: ModelCard) -> dict[str, ImageData]:
+    return load_splits(**asdict(card.training_data))
 
 
-def _image_shape(metadata: dict[str, Any]) -> tuple[int, ...]:
-    shape = tuple(metadata.get("image_shape") or ())
+def _image_shape(card: ModelCard) -> tuple[int, ...]:
+    shape = card.image_shape or ()
     if len(shape) != 3:
         raise ValueError("the model's config.json has no (C, H, W) metadata.image_shape")
     return shape
@@ -79,17 +80,15 @@ def _progress(args: argparse.Namespace, label: str) -> SolveProgress:
 def run_inpaint(args: argparse.Namespace) -> int:
     """``diffscore inpaint``: fill in the hidden pixels of a split or of ``--input`` (PNG and tensors)."""
     tensors_path = _outputs(args)
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
+    model, card = load_model(args)
+    num_bins, data_range = card.num_bins, card.data_range
     p = next(iter(model.parameters()))
     if args.input:
-        x = check_samples(read_tensor(args.input, ("x", "images", "samples", "data")), metadata, "--input")
+        x = check_samples(read_tensor(args.input, ("x", "images", "samples", "data")), card, "--input")
         x = bin_centers(x, num_bins, data_range) if not x.is_floating_point() else x
     else:
-        x = bin_centers(
-            load_splits(_train_config(metadata))[args.split].images[: args.num], num_bins, data_range
-        )
-    x = check_images(x, metadata).to(p.device, p.dtype)
+        x = bin_centers(_splits(card)[args.split].images[: args.num], num_bins, data_range)
+    x = check_images(x, card).to(p.device, p.dtype)
     mask = make_mask(args.mask, x.shape[1:], args.seed).to(p.device, p.dtype)
     gen = torch.Generator(p.device).manual_seed(args.seed)
     stats: dict[str, Any] = {}
@@ -115,13 +114,13 @@ def run_inpaint(args: argparse.Namespace) -> int:
 def run_colorize(args: argparse.Namespace) -> int:
     """``diffscore colorize``: color the gray images of ``--input`` with a 3-channel model."""
     tensors_path = _outputs(args)
-    model, metadata = load_model(args)
-    shape = _image_shape(metadata)
+    model, card = load_model(args)
+    shape = _image_shape(card)
     if shape[0] != 3:
         raise ValueError(
             f"colorize needs a model of 3-channel (RGB) images; this model's images are shaped {shape}"
         )
-    _, data_range = data_info(metadata)
+    data_range = card.data_range
     p = next(iter(model.parameters()))
     gray = read_tensor(args.input, ("gray", "x", "images")).to(p.device, p.dtype)
     if gray.ndim != 4 or gray.shape[1] != 1 or tuple(gray.shape[2:]) != shape[1:]:
@@ -142,9 +141,9 @@ def run_colorize(args: argparse.Namespace) -> int:
 def run_classifier_train(args: argparse.Namespace) -> int:
     """``diffscore classifier train``: a time-dependent classifier on the model's labelled data."""
     check_directory(args.out, CLASSIFIER_FILES, kind=CLASSIFIER_KIND)  # before the training
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
-    splits = load_splits(_train_config(metadata))
+    model, card = load_model(args)
+    num_bins, data_range = card.num_bins, card.data_range
+    splits = _splits(card)
     train, test = splits["train"], splits["test"]
     if train.labels is None:
         raise ValueError("the model's dataset has no labels; a classifier needs labelled data")
@@ -190,9 +189,9 @@ def _parse_labels(text: str, num_classes: int) -> list[int]:
 def run_conditional(args: argparse.Namespace) -> int:
     """``diffscore conditional``: class-conditional samples guided by a classifier."""
     tensors_path = _outputs(args)
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
-    shape = _image_shape(metadata)
+    model, card = load_model(args)
+    num_bins, data_range = card.num_bins, card.data_range
+    shape = _image_shape(card)
     p = next(iter(model.parameters()))
     clf = load_classifier(args.classifier, p.device).to(p.dtype)
     if clf.image_shape != shape:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict, replace
 from typing import Any
 
+from ..data import DATASETS, load_splits
 from ..evaluation import evaluate_bpd, summarize
 from ..io import write_tensor
-from ..training import TrainConfig, load_splits
+from ..score import TrainingData
 from .common import (
     add_model_arg,
     add_runtime_args,
     check_outputs,
-    data_info,
     distributed,
     load_model,
     positive_int,
@@ -27,32 +28,25 @@ def run_bpd(args: argparse.Namespace) -> int:
         return _bpd(args, main)
 
 
-def _data_config(args: argparse.Namespace, metadata: dict[str, Any]) -> TrainConfig:
-    """The model's training config (its data), with ``--dataset`` / ``--data-root`` applied."""
-    config = TrainConfig.from_dict(metadata["train_config"]) if "train_config" in metadata else TrainConfig()
-    if args.dataset is not None or args.data_root is not None:
-        config = TrainConfig.from_dict(
-            {
-                **config.to_dict(),
-                "dataset": args.dataset or config.dataset,
-                "data_root": args.data_root or config.data_root,
-            }
-        )
-    return config
+def _training_data(args: argparse.Namespace, card: TrainingData) -> TrainingData:
+    """The model's data splits, with ``--dataset`` / ``--data-root`` applied."""
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {args.dataset!r}")
+    return replace(card, dataset=args.dataset or card.dataset, data_root=args.data_root or card.data_root)
 
 
 def _bpd(args: argparse.Namespace, main: bool) -> int:
     check_outputs([(args.output, (".safetensors", ".pt"), "--output")])
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
-    config = _data_config(args, metadata)
-    data = load_splits(config)[args.split]
+    model, card = load_model(args)
+    num_bins, data_range = card.num_bins, card.data_range
+    source = _training_data(args, card.training_data)
+    data = load_splits(**asdict(source))[args.split]
     if data.num_bins != num_bins:
         raise ValueError(
             f"the {args.split} split has {data.num_bins} bins but the model was trained on {num_bins}"
         )
     images = data.images[: args.limit]
-    eps = args.eps if args.eps is not None else float(metadata.get("likelihood_eps", 1e-5))
+    eps = args.eps if args.eps is not None else card.likelihood_eps
     start = time.perf_counter()
     bpd, nfe = evaluate_bpd(
         model,
@@ -71,7 +65,7 @@ def _bpd(args: argparse.Namespace, main: bool) -> int:
         return 0
     stats = summarize(bpd)
     label = (
-        f"{config.dataset} {args.split} bits/dim ({args.divergence} divergence, uniform dequantization, "
+        f"{source.dataset} {args.split} bits/dim ({args.divergence} divergence, uniform dequantization, "
         f"{num_bins} bins on [{data_range[0]:g}, {data_range[1]:g}], {nfe} NFE, "
         f"{time.perf_counter() - start:.0f} s)"
     )

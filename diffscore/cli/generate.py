@@ -16,6 +16,7 @@ from ..evaluation import generate_samples
 from ..evaluation.progress import SolveProgress
 from ..io import read_tensor, write_tensor
 from ..likelihood import decode, encode, fixed_grid_methods
+from ..score import ModelCard
 from ..training import parse_value
 from .common import (
     DTYPES,
@@ -23,7 +24,6 @@ from .common import (
     add_runtime_args,
     check_images,
     check_outputs,
-    data_info,
     distributed,
     load_model,
     positive_float,
@@ -34,14 +34,11 @@ from .common import (
 PC_STEPS_NOTE = 500
 
 
-def sample_options(args: argparse.Namespace, metadata: dict[str, Any]) -> dict[str, Any]:
+def sample_options(args: argparse.Namespace, card: ModelCard) -> dict[str, Any]:
     """The sampler options: those of the training run that wrote the model (its ``sample_options``) when
     ``--method`` is the run's ``sample_method``, then the ones given on the command line over them
     (options given nowhere keep the sampler's defaults)."""
-    run = metadata.get("train_config") or {}
-    options: dict[str, Any] = (
-        dict(run.get("sample_options") or {}) if args.method == run.get("sample_method") else {}
-    )
+    options: dict[str, Any] = dict(card.sample_options) if args.method == card.sample_method else {}
     for flag, key in (("steps", "num_steps"), ("rtol", "rtol"), ("atol", "atol"), ("eps", "eps")):
         if getattr(args, flag) is not None:
             options[key] = getattr(args, flag)
@@ -74,12 +71,11 @@ def run_sample(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace, main: bool) -> int:
     tensors = Path(args.tensors) if args.tensors else Path(args.out).with_suffix(".safetensors")
     check_outputs([(args.out, (".png",), "--out"), (str(tensors), (".safetensors", ".pt"), "--tensors")])
-    model, metadata = load_model(args)
-    num_bins, data_range = data_info(metadata)
-    shape = tuple(metadata.get("image_shape") or ())
+    model, card = load_model(args)
+    num_bins, data_range, shape = card.num_bins, card.data_range, card.image_shape
     if not shape:
         raise ValueError("the model's config.json has no metadata.image_shape; cannot choose a sample shape")
-    options = sample_options(args, metadata)
+    options = sample_options(args, card)
     if args.method == "pc" and options.get("num_steps", PC_STEPS_NOTE) < PC_STEPS_NOTE and main:
         print(
             f"note: pc with {options['num_steps']} steps is far from the data distribution (a gap of +58 "
@@ -134,9 +130,9 @@ def run_encode(args: argparse.Namespace) -> int:
     """``diffscore encode``: data file -> latent file."""
     check_outputs([(args.output, (".safetensors", ".pt"), "--output")])
     _flow_args(args)  # the solver's flags, before any work
-    model, metadata = load_model(args)
+    model, card = load_model(args)
     x = read_tensor(args.input, ("x", "samples", "data"))
-    x = check_images(x, metadata).to(args.device or "cpu", DTYPES[args.dtype])
+    x = check_images(x, card).to(args.device or "cpu", DTYPES[args.dtype])
     z, nfe = _solve(args, model, encode, x, "encode")
     path = write_tensor(args.output, z, "z")
     print(f"encoded {x.shape[0]} inputs ({nfe} NFE): wrote {path}")
@@ -147,15 +143,15 @@ def run_decode(args: argparse.Namespace) -> int:
     """``diffscore decode``: latent file -> data file (and a PNG grid)."""
     check_outputs([(args.output, (".safetensors", ".pt"), "--output"), (args.png, (".png",), "--png")])
     _flow_args(args)  # the solver's flags, before any work
-    model, metadata = load_model(args)
+    model, card = load_model(args)
     z = read_tensor(args.input, ("z", "latents"))
-    z = check_images(z, metadata, data=False).to(args.device or "cpu", DTYPES[args.dtype])
+    z = check_images(z, card, data=False).to(args.device or "cpu", DTYPES[args.dtype])
     x, nfe = _solve(args, model, decode, z, "decode")
     path = write_tensor(args.output, x, "x")
     print(f"decoded {z.shape[0]} latents ({nfe} NFE): wrote {path}")
     if args.png:
-        num_bins, data_range = data_info(metadata)
-        grid = save_image_grid(quantize(x.cpu(), num_bins, data_range), args.png, num_bins=num_bins)
+        x_int = quantize(x.cpu(), card.num_bins, card.data_range)
+        grid = save_image_grid(x_int, args.png, num_bins=card.num_bins)
         print(f"wrote {grid}")
     return 0
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..data import bin_centers, load_image_folder
+from ..data import bin_centers, load_image_folder, load_splits
 from ..evaluation import (
     INCEPTION_WEIGHTS_FILE,
     FeatureStats,
@@ -25,13 +26,12 @@ from ..evaluation import (
     inception_evaluator,
 )
 from ..io import atomic_write, check_output, claim, owns, read_tensor
-from ..training import TrainConfig, load_splits
+from ..score import ModelCard
 from .common import (
     add_model_arg,
     add_runtime_args,
     check_outputs,
     check_samples,
-    data_info,
     load_model,
     model_dir,
     positive_int,
@@ -43,9 +43,9 @@ SPLITS = ("train", "validation", "test")
 MIN_IMAGES = 3
 
 
-def _evaluator(args: argparse.Namespace, metadata: dict[str, Any]) -> tuple[QualityEvaluator, str]:
-    num_bins, data_range = data_info(metadata)
-    extractor = args.extractor or ("digits" if metadata.get("dataset") == "digits" else "inception")
+def _evaluator(args: argparse.Namespace, card: ModelCard) -> tuple[QualityEvaluator, str]:
+    num_bins, data_range = card.num_bins, card.data_range
+    extractor = args.extractor or ("digits" if card.dataset == "digits" else "inception")
     if extractor == "inception":
         if args.inception_weights is None:
             raise ValueError(
@@ -55,7 +55,7 @@ def _evaluator(args: argparse.Namespace, metadata: dict[str, Any]) -> tuple[Qual
             args.inception_weights, num_bins=num_bins, data_range=data_range, device=args.device
         )
         return ev, "Inception"
-    if metadata.get("dataset") != "digits":
+    if card.dataset != "digits":
         raise ValueError("--extractor digits scores digits models only; use --extractor inception")
     directory = model_dir(args.model)
     cache = None
@@ -63,30 +63,26 @@ def _evaluator(args: argparse.Namespace, metadata: dict[str, Any]) -> tuple[Qual
         cache = Path(args.extractor_cache)
     elif owns(directory):  # the model of a training run: cache the extractor beside it, in the run folder
         cache = claim(directory.parent / "digits_classifier")
-    split_seed = (metadata.get("train_config") or {}).get("split_seed", 0)
+    split_seed = card.training_data.split_seed
     ev = digits_evaluator(cache, split_seed=split_seed, data_range=data_range, device=args.device, echo=print)
     return ev, "digits"
 
 
-def _reference(
-    args: argparse.Namespace, metadata: dict[str, Any], ev: QualityEvaluator
-) -> tuple[FeatureStats, str]:
+def _reference(args: argparse.Namespace, card: ModelCard, ev: QualityEvaluator) -> tuple[FeatureStats, str]:
     if args.reference_stats is not None:
         return FeatureStats.load(args.reference_stats), str(args.reference_stats)
     if args.reference in SPLITS:
-        config = (
-            TrainConfig.from_dict(metadata["train_config"]) if "train_config" in metadata else TrainConfig()
-        )
+        source = card.training_data
         if args.data_root is not None:
-            config = TrainConfig.from_dict({**config.to_dict(), "data_root": args.data_root})
-        images = load_splits(config)[args.reference].images
-        return ev.reference(images), f"the {config.dataset} {args.reference} split"
-    return ev.reference(_folder_images(args.reference, metadata, ev)), str(args.reference)
+            source = replace(source, data_root=args.data_root)
+        images = load_splits(**asdict(source))[args.reference].images
+        return ev.reference(images), f"the {source.dataset} {args.reference} split"
+    return ev.reference(_folder_images(args.reference, card, ev)), str(args.reference)
 
 
-def _folder_images(path: str, metadata: dict[str, Any], ev: QualityEvaluator) -> torch.Tensor:
+def _folder_images(path: str, card: ModelCard, ev: QualityEvaluator) -> torch.Tensor:
     """The images of a folder, as floats on the model's data range (their bins' centres)."""
-    shape = tuple(metadata.get("image_shape") or ())
+    shape = card.image_shape or ()
     if len(shape) != 3:
         raise ValueError("the model's config.json has no (C, H, W) metadata.image_shape to read images at")
     folder = load_image_folder(path, shape[1], shape[0])
@@ -102,28 +98,24 @@ def run_fid(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--num must be at least {MIN_IMAGES} (KID's jackknife needs 3 images), got {args.num}"
         )
-    model, metadata = load_model(args)
+    model, card = load_model(args)
     images = None
     if args.samples is not None and not Path(args.samples).is_dir():  # checked before the extractor
         images = read_tensor(args.samples, ("samples_int", "samples"))
-        images = check_samples(images, metadata, "--samples", MIN_IMAGES)
-    ev, label = _evaluator(args, metadata)
-    reference, against = _reference(args, metadata, ev)
+        images = check_samples(images, card, "--samples", MIN_IMAGES)
+    ev, label = _evaluator(args, card)
+    reference, against = _reference(args, card, ev)
     if args.save_reference is not None:
         reference.save(args.save_reference, metadata={"extractor": label, "reference": against})
     start = time.perf_counter()
     if args.samples is not None:
         if images is None:
-            images = check_samples(
-                _folder_images(args.samples, metadata, ev), metadata, "--samples", MIN_IMAGES
-            )
+            images = check_samples(_folder_images(args.samples, card, ev), card, "--samples", MIN_IMAGES)
         what = f"{images.shape[0]} images of {args.samples}"
     else:
-        num_bins, data_range = data_info(metadata)
-        shape = tuple(metadata.get("image_shape") or ())
-        options = sample_options(args, metadata)
+        options = sample_options(args, card)
         _, images = generate_samples(
-            model, args.num, shape, num_bins, data_range, args.method, args.seed,
+            model, args.num, card.image_shape or (), card.num_bins, card.data_range, args.method, args.seed,
             batch_size=args.batch_size, progress=not args.no_progress, **options,
         )  # fmt: skip
         what = f"{args.num} samples ({describe_sampler(args.method, options)})"

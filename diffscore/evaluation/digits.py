@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from ..io import (
     write_json,
     write_tensors,
 )
+from ..nets.classifier import fit_classifier
 from ..nets.feature_classifier import FeatureClassifier
 from .sample_quality import QualityEvaluator
 
@@ -125,16 +126,16 @@ def train_feature_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / (epochs * steps_per_epoch)))
     )
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=g)
+            x_all = uniform_dequantize(images, num_bins, data_range, generator=g, dtype=torch.float32)
+            for idx in order.split(batch_size):
+                yield x_all[idx], labels[idx]
+
     net.train()
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=g)
-        x_all = uniform_dequantize(images, num_bins, data_range, generator=g, dtype=torch.float32)
-        for idx in order.split(batch_size):
-            loss = nn.functional.cross_entropy(net(x_all[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    fit_classifier(opt, batches(), lambda x, y: nn.functional.cross_entropy(net(x), y), sched)
     net.eval().requires_grad_(False)
     net.standardize_features(bin_centers(images, num_bins, data_range, dtype=torch.float32))
     return net

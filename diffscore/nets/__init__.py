@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from .classifier import TimeDependentClassifier, load_classifier, save_classifier
+from .classifier import TimeDependentClassifier, fit_classifier, load_classifier, save_classifier
 from .feature_classifier import FeatureClassifier
 from .gaussian import GaussianResidualNet
 from .mlp import MLPScoreNet
@@ -32,6 +32,7 @@ __all__ = [
     "NCSNpp",
     "NCSNRefineNet",
     "TimeDependentClassifier",
+    "fit_classifier",
     "load_classifier",
     "save_classifier",
     "NETS",

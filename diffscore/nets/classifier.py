@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,41 @@ from ..io import read_json, read_tensors, verify_directory, write_directory, wri
 from ..sde import SDE, sde_from_config, sde_to_config
 from .layers import GaussianFourierProjection
 
-__all__ = ["TimeDependentClassifier", "save_classifier", "load_classifier"]
+__all__ = ["TimeDependentClassifier", "fit_classifier", "save_classifier", "load_classifier"]
 
 #: The files of a classifier folder and the kind recorded in its manifest (:func:`save_classifier`).
 CLASSIFIER_FILES = ("classifier.safetensors", "config.json")
 CLASSIFIER_KIND = "time_dependent_classifier"
+
+
+def fit_classifier(
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    loss: Callable[[Tensor, Tensor], Tensor],
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> list[float]:
+    """The classifier-training loop: one optimiser step on ``loss(x, y)`` per batch ``(x, y)``.
+
+    ``batches`` is read lazily, one batch per step, so a batch source and a loss that draw from one
+    generator draw in the same order as a hand-written loop; ``scheduler`` (if any) steps after each
+    optimiser step. Every trainer of a classifier in diffscore runs this loop: the time-dependent
+    classifiers of conditional sampling (loss: :func:`diffscore.controllable.noisy_classifier_loss`)
+    and the digits feature extractor (loss: cross-entropy).
+
+    Returns:
+        The loss of every step (as ``loss`` returns it: nats for a cross-entropy), read from the device
+        once, at the end.
+    """
+    losses = []
+    for x, y in batches:
+        value = loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(value.detach())
+    return torch.stack(losses).tolist() if losses else []
 
 
 class TimeDependentClassifier(nn.Module):

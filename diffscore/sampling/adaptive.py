@@ -19,21 +19,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import (
-    CheckedScore,
-    Generator,
-    StepSizeUnderflowError,
-    bcast,
-    check_int,
-    check_positive,
-    check_solve_eps,
-    check_stats,
-    randn,
-    state_limit,
-)
+from .._checks import CheckedScore, Generator, StepSizeUnderflowError, bcast, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .fast import _check_sde_state
 
 __all__ = ["sde_adaptive"]
 
@@ -52,21 +40,22 @@ def _scaled_norm(e: Tensor, q: float) -> Tensor:
 def sde_adaptive(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    rtol: float = 0.01,
-    atol: float = 0.0078,
-    h_init: float = 0.01,
-    safety: float = 0.9,
-    exponent: float = 0.9,
-    norm: float = 2.0,
-    brownian_memory: int = 4,
-    max_iters: int = 100_000,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    rtol: float,
+    atol: float,
+    h_init: float,
+    safety: float,
+    exponent: float,
+    norm: float,
+    brownian_memory: int,
+    max_iters: int,
+    denoise: bool,
 ) -> Tensor:
-    """Reverse-time SDE (Song et al. 2021, eq. 6) from T to eps with error-controlled step sizes
+    """Reverse-time SDE (Song et al. 2021, eq. 6) from ``ts[0]`` to ``ts[1]`` with error-controlled step sizes
     (Jolicoeur-Martineau et al. 2021, Algorithm 1).
 
     With ``F(x, t) = f(t) x - g(t)^2 score(x, t)`` and one draw ``z ~ N(0, I)`` per attempt:
@@ -80,8 +69,8 @@ def sde_adaptive(
 
     Args:
         sde, score: the forward SDE and ``score(x, t)`` (t a (B,) tensor; times differ per sample).
-        x_T: (B, *shape) state at T.
-        eps: end time in [0, T).
+        x: (B, *shape) state at ``ts[0]``.
+        ts: ``[t_start, eps]`` (float64), std(eps) > 0.
         generator: a torch.Generator or a list of B of them (one per sample) for the draws.
         rtol, atol: relative and absolute tolerances (the paper: atol = 0.0078 for data in [-1, 1],
             rtol 0.01 to 0.05). Units of x.
@@ -95,115 +84,120 @@ def sde_adaptive(
             (steps that move away from 0 get looser relative tolerances), which in low dimension inflates
             the sample variance (measured +15% to +130% at D = 4 on Gaussian data, more at tighter
             tolerances). Costs ``brownian_memory`` copies of the state.
-        max_iters: the step budget: raise RuntimeError after this many iterations (each attempts one
+        max_iters: the step budget: RuntimeError after this many iterations (each attempts one
             step for every unfinished sample) if some sample has not reached eps.
         denoise: add the Tweedie step ``(x + std^2 score) / alpha`` at eps (one more NFE; output at t = 0).
         stats: optional dict that receives ``nfe`` (batched score evaluations), ``iterations`` and
             ``rejected`` (rejected attempts summed over samples).
 
     Returns:
-        Samples shaped like ``x_T``, at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: non-positive tolerances, ``h_init``, ``safety``, ``exponent``; ``norm``
-            < 1; ``eps`` outside [0, T) or with ``std(eps) = 0``; a bad ``sde``/``score``/``x_T``/
-            ``generator``; a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like
-            the state (ValueError).
-        FloatingPointError: the state or the error estimate turned non-finite, or the state left the
-            plausible range ``|x| <= 1e4 prior stds`` (names the time of the first bad sample).
-        StepSizeUnderflowError: a sample's step size fell below what its time resolves (``t - h == t``).
-        RuntimeError: ``max_iters`` reached before every sample reached eps (names the times and the
-            step sizes reached).
+        Samples shaped like ``x``, at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    _check_sde_state(sde, score, x_T)
-    score = CheckedScore(score)  # raises naming the score for an output not shaped like the state
-    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
-    h_init, safety = check_positive("h_init", h_init), check_positive("safety", safety)
-    exponent = check_positive("exponent", exponent)
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm >= 1:
-        raise ValueError(f"norm must be a real number >= 1 (or math.inf), got {norm!r}")
-    max_iters = check_int("max_iters", max_iters, 1)
-    brownian_memory = check_int("brownian_memory", brownian_memory, 0)
-    if brownian_memory == 1:
-        raise ValueError("brownian_memory must be 0 (no memory) or >= 2")
-    # the second stage evaluates the score at t_next = eps: refused where std(eps) = 0
-    eps = check_solve_eps(sde, eps)
-    b = x_T.shape[0]
-    kw = dict(dtype=x_T.dtype, device=x_T.device)
-    t = torch.full((b,), sde.T, **kw)
-    h = torch.full((b,), min(h_init, sde.T - eps), **kw)
+    score = CheckedScore(score)  # counts evaluations; raises naming the score for a wrong shape
+    t_start, eps = ts.tolist()
+    b, kw = x.shape[0], dict(dtype=x.dtype, device=x.device)
+    t = torch.full((b,), t_start, **kw)  # each sample's own time and step size
+    h = torch.full((b,), min(h_init, t_start - eps), **kw)
     t_end = torch.full((b,), float(eps), **kw)
-    rejected = torch.zeros((), dtype=torch.long, device=x_T.device)
-    bad = torch.zeros((b,), dtype=torch.bool, device=x_T.device)  # a NaN/inf error estimate last step
-    limit = state_limit(sde.prior_std)
-    x, x_prev = x_T, x_T
-    nfe = iters = 0
+    control = _Controller(rtol, atol, safety, exponent, norm)
+    memory = _BrownianMemory(brownian_memory, x)
+    guard = _Guard(state_limit(sde.prior_std), max_iters, eps, b, x.device)
+    x_prev = x
+    while guard.running(x, t, h, t_end):  # the one host sync per iteration
+        h, dw = memory.draw(h, randn(x.shape, generator, x.device, x.dtype))
+        t_next = torch.where(h >= t - t_end, t_end, t - h)  # land exactly on eps
+        x_em, x_heun = _paired_step(sde, score, x, t, t_next, h, dw)
+        err = control.error(x_em, x_heun, x_prev)  # E, per sample
+        accept = guard.record(err, t > t_end)
+        memory.update(h, dw, accept, t > t_end)
+        mask = bcast(accept, x)
+        x, x_prev = torch.where(mask, x_heun, x), torch.where(mask, x_em, x_prev)  # accept: x = x''
+        t = torch.where(accept, t_next, t)
+        h = control.next_step(h, err, t - t_end)
+    if denoise:  # Tweedie at eps: (x + std^2 score) / alpha
+        alpha, std = sde.alpha_std(t_end)
+        x = (x + bcast(std.square(), x) * score(x, t_end)) / bcast(alpha, x)
+        if not float(x.abs().amax()) <= guard.limit:
+            raise FloatingPointError(
+                f"non-finite or implausibly large state at t = {eps:.6g} (denoising step)"
+            )
+    if stats is not None:
+        stats.update(nfe=score.nfe, iterations=guard.iters, rejected=int(guard.rejected))
+    return x
 
-    def reverse_drift(x: Tensor, t: Tensor) -> Tensor:
-        nonlocal nfe
-        nfe += 1
+
+def _paired_step(
+    sde: SDE, score: ScoreFn, x: Tensor, t: Tensor, t_next: Tensor, h: Tensor, dw: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Euler-Maruyama ``x'`` and improved Euler ``x''`` of the reverse SDE from t to ``t_next``, with the
+    same Brownian increment ``dw`` (Jolicoeur-Martineau et al. 2021, Algorithm 1)."""
+
+    def reverse_drift(x: Tensor, t: Tensor) -> Tensor:  # F(x, t) = f(t) x - g(t)^2 score(x, t)
         return bcast(sde.f(t), x) * x - bcast(sde.g2(t), x) * score(x, t)
 
-    memory = _BrownianMemory(brownian_memory, x_T)
-    while True:
+    k1 = -bcast(h, x) * reverse_drift(x, t) + bcast(sde.g2(t).sqrt(), x) * dw
+    x_em = x + k1  # x' = x - h F(x, t) + g(t) dw
+    k2 = -bcast(h, x) * reverse_drift(x_em, t_next) + bcast(sde.g2(t_next).sqrt(), x) * dw
+    return x_em, x + 0.5 * (k1 + k2)  # x'' = x + (k1 + k2) / 2
+
+
+class _Controller:
+    """The error estimate and step-size rule of Algorithm 1: ``E = ||(x'' - x') / tol||_q`` with
+    ``tol = max(atol, rtol max(|x'|, |x'_prev|))``; ``h <- min(t - eps, safety h E^(-exponent))``."""
+
+    def __init__(self, rtol: float, atol: float, safety: float, exponent: float, norm: float) -> None:
+        self.rtol, self.atol, self.safety, self.exponent, self.norm = rtol, atol, safety, exponent, norm
+
+    def error(self, x_em: Tensor, x_heun: Tensor, x_prev: Tensor) -> Tensor:
+        tol = torch.maximum(x_em.abs(), x_prev.abs()).mul(self.rtol).clamp_min(self.atol)
+        return _scaled_norm((x_heun - x_em) / tol, self.norm)
+
+    def next_step(self, h: Tensor, err: Tensor, room: Tensor) -> Tensor:
+        # err = 0 would give an infinite factor: the min with the room left to eps keeps h finite
+        grow = self.safety * err.clamp_min(torch.finfo(err.dtype).tiny).pow(-self.exponent)
+        return torch.minimum(room, h * grow)
+
+
+class _Guard:
+    """The loop's bookkeeping and its one host sync per iteration: done? a non-finite error estimate
+    or state, a state past the plausible bound, a step size below what t resolves, the step budget?"""
+
+    def __init__(self, limit: float, max_iters: int, eps: float, batch: int, device: torch.device) -> None:
+        self.limit, self.max_iters, self.eps, self.iters = limit, max_iters, eps, 0
+        self.rejected = torch.zeros((), dtype=torch.long, device=device)
+        self.bad = torch.zeros((batch,), dtype=torch.bool, device=device)  # a NaN/inf error estimate
+
+    def record(self, err: Tensor, active: Tensor) -> Tensor:
+        """The accepted attempts (``E <= 1``); counts the rejected ones and flags bad estimates."""
+        self.bad = active & ~torch.isfinite(err)
+        accept = (err <= 1) & active
+        self.rejected += (active & ~accept).sum()
+        return accept
+
+    def running(self, x: Tensor, t: Tensor, h: Tensor, t_end: Tensor) -> bool:
         active = t > t_end
-        # the one host sync per iteration: done? a bad error estimate or state? a collapsed step?
-        big = ~(x.reshape(b, -1).abs().amax(1) <= limit)  # NaN counts as too big
+        big = ~(x.reshape(x.shape[0], -1).abs().amax(1) <= self.limit)  # NaN counts as too big
         stuck = active & (t - h >= t)
-        status = torch.stack([active.any(), bad.any(), big.any(), stuck.any()]).tolist()
+        status = torch.stack([active.any(), self.bad.any(), big.any(), stuck.any()]).tolist()
         if status[1] or status[2]:
-            which = bad | big
             raise FloatingPointError(
-                f"non-finite or implausibly large state or score at t = {float(t[which].max()):.6g} "
-                f"(plausible: |x| <= {limit:.3g}, 1e4 x the prior std)"
+                f"non-finite or implausibly large state or score at t = {float(t[self.bad | big].max()):.6g} "
+                f"(plausible: |x| <= {self.limit:.3g}, 1e4 x the prior std)"
             )
         if status[3]:
             raise StepSizeUnderflowError(
                 f"sde_adaptive: step size underflow at t = {float(t[stuck].max()):.6g} "
                 f"(h = {float(h[stuck].min()):.3g}): loosen rtol/atol or check the score"
             )
-        if not status[0]:
-            break
-        if iters == max_iters:
+        if status[0] and self.iters == self.max_iters:
             raise RuntimeError(
-                f"sde_adaptive: max_iters = {max_iters} iterations without reaching eps = {eps:g}: "
+                f"sde_adaptive: max_iters = {self.max_iters} iterations without reaching eps = {self.eps:g}: "
                 f"{int(active.sum())} sample(s) still at t in [{float(t[active].min()):.6g}, "
                 f"{float(t[active].max()):.6g}] with step sizes down to {float(h[active].min()):.3g}; "
                 "loosen rtol/atol or raise max_iters"
             )
-        iters += 1
-        h, dw = memory.draw(h, randn(x.shape, generator, x.device, x.dtype))
-        t_next = torch.where(h >= t - t_end, t_end, t - h)  # land exactly on eps
-        k1 = -bcast(h, x) * reverse_drift(x, t) + bcast(sde.g2(t).sqrt(), x) * dw
-        x_em = x + k1
-        k2 = -bcast(h, x) * reverse_drift(x_em, t_next) + bcast(sde.g2(t_next).sqrt(), x) * dw
-        x_heun = x + 0.5 * (k1 + k2)
-        tol = torch.maximum(x_em.abs(), x_prev.abs()).mul(rtol).clamp_min(atol)
-        err = _scaled_norm((x_heun - x_em) / tol, norm)
-        bad = active & ~torch.isfinite(err)
-        accept = (err <= 1) & active
-        rejected += (active & ~accept).sum()
-        memory.update(h, dw, accept, active)
-        mask = bcast(accept, x)
-        x = torch.where(mask, x_heun, x)
-        x_prev = torch.where(mask, x_em, x_prev)
-        t = torch.where(accept, t_next, t)
-        # err = 0 would give an infinite factor: the min with t - eps keeps h finite
-        grow = safety * err.clamp_min(torch.finfo(err.dtype).tiny).pow(-exponent)
-        h = torch.minimum(t - t_end, h * grow)
-    if denoise:
-        alpha, std = sde.alpha_std(t_end)
-        nfe += 1
-        x = (x + bcast(std.square(), x) * score(x, t_end)) / bcast(alpha, x)
-        if not float(x.abs().amax()) <= limit:
-            raise FloatingPointError(
-                f"non-finite or implausibly large state at t = {eps:.6g} (denoising step)"
-            )
-    if stats is not None:
-        stats.update(nfe=nfe, iterations=iters, rejected=int(rejected))
-    return x
+        self.iters += status[0]
+        return status[0]
 
 
 class _BrownianMemory:

@@ -1,7 +1,8 @@
 """Time grids of the fixed-step samplers: uniform in time, uniform in log-SNR, or EDM's Karras grid.
 
-Every grid runs from ``t_0 = T`` down to ``t_N = eps`` and is described by a decreasing map
-``u -> t(u)`` from ``u in [0, 1]`` (``t(0) = T``, ``t(1) = eps``); the N-step grid is ``t(k / N)``. With
+Every grid runs from the start time ``t_0 = t_start`` (T by default) down to ``t_N = eps`` and is
+described by a decreasing map ``u -> t(u)`` from ``u in [0, 1]`` (``t(0) = t_start``, ``t(1) = eps``);
+the N-step grid is ``t(k / N)``. Below, T stands for ``t_start``. With
 ``sigma(t) = std(t) / alpha(t)`` and ``lambda(t) = -log sigma(t)`` (the log signal-to-noise ratio of
 Lu et al. 2022, halved):
 
@@ -9,7 +10,7 @@ Lu et al. 2022, halved):
 * ``"logsnr"``: ``lambda(t(u)) = lambda(T) + u (lambda(eps) - lambda(T))``, uniform in lambda (Lu et al.
   2022, Sec. 3.3, "logSNR"; k-diffusion's ``get_sigmas_exponential``);
 * ``"karras"``: ``sigma(t(u)) = (sigma(T)^(1/rho) + u (sigma(eps)^(1/rho) - sigma(T)^(1/rho)))^rho``,
-  rho = 7 (Karras et al. 2022, eq. 5);
+  rho = 7 by default (Karras et al. 2022, eq. 5; EDM's ``heun`` samples on it);
 * ``"time_quadratic"``: ``sqrt(t)`` uniform (Lu et al. 2022's "time_quadratic").
 
 The map's derivative ``dt/du`` is closed-form for every SDE, because ``d lambda / dt = -g(t)^2 /
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import check_choice
 from ..sde import SDE
 
 __all__ = ["GRIDS", "time_grid", "grid_time", "check_grid", "lambda_of"]
@@ -40,8 +42,7 @@ def check_grid(grid: str, sde: SDE, eps: float) -> str:
         ValueError: ``grid`` not in ``GRIDS``; a log-SNR or Karras grid to a time where sigma = 0
             (eps = 0 with a kernel whose std vanishes at t = 0: lambda is infinite there).
     """
-    if grid not in GRIDS:
-        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    check_choice("grid", grid, GRIDS)
     if grid in ("logsnr", "karras"):
         alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
         if not float(std[0] / alpha[0]) > 0:
@@ -52,18 +53,21 @@ def check_grid(grid: str, sde: SDE, eps: float) -> str:
     return grid
 
 
-def _ends(sde: SDE, eps: float, like: Tensor) -> tuple[Tensor, Tensor]:
-    ends = torch.tensor([sde.T, float(eps)], dtype=like.dtype, device=like.device)
+def _ends(sde: SDE, t_start: float, eps: float, like: Tensor) -> tuple[Tensor, Tensor]:
+    ends = torch.tensor([float(t_start), float(eps)], dtype=like.dtype, device=like.device)
     alpha, std = sde.alpha_std(ends)
     return ends, std / alpha
 
 
-def grid_time(sde: SDE, eps: float, grid: str, u: Tensor) -> tuple[Tensor, Tensor]:
+def grid_time(
+    sde: SDE, eps: float, grid: str, u: Tensor, t_start: float | None = None, rho: float = RHO
+) -> tuple[Tensor, Tensor]:
     """The grid's time map at ``u`` in [0, 1]: ``(t(u), dt/du)``, both shaped like ``u``.
 
-    ``dt/du`` is negative (time decreases from T to eps). See the module docstring for the maps.
+    ``dt/du`` is negative (time decreases from ``t_start``, default T, to eps). See the module docstring
+    for the maps.
     """
-    ends, sig = _ends(sde, eps, u)
+    ends, sig = _ends(sde, sde.T if t_start is None else t_start, eps, u)
     T, e = ends[0], ends[1]
     if grid == "time_uniform":
         return T + u * (e - T), (e - T).expand_as(u)
@@ -78,26 +82,41 @@ def grid_time(sde: SDE, eps: float, grid: str, u: Tensor) -> tuple[Tensor, Tenso
         dlam_dt = -sde.g2(t) / (2 * sde.var(t))
         return t, (lam[1] - lam[0]) / dlam_dt
     # karras
-    a, b = sig[0] ** (1 / RHO), sig[1] ** (1 / RHO)
+    a, b = sig[0] ** (1 / rho), sig[1] ** (1 / rho)
     r = a + u * (b - a)
-    sigma = r**RHO
+    sigma = r**rho
     t = sde.inverse_sigma(sigma)
-    dsigma_du = RHO * r ** (RHO - 1) * (b - a)
+    dsigma_du = rho * r ** (rho - 1) * (b - a)
     dsigma_dt = sigma * sde.g2(t) / (2 * sde.var(t))  # d sigma/dt = -sigma d lambda/dt
     return t, dsigma_du / dsigma_dt
 
 
-def time_grid(sde: SDE, eps: float, num_steps: int, grid: str, like: Tensor) -> Tensor:
-    """(num_steps + 1,) decreasing times ``t(k / N)`` from T to eps, on ``like``'s device and dtype.
+def time_grid(
+    sde: SDE,
+    eps: float,
+    num_steps: int,
+    grid: str,
+    like: Tensor | None = None,
+    t_start: float | None = None,
+    rho: float = RHO,
+) -> Tensor:
+    """(num_steps + 1,) decreasing times ``t(k / N)`` from ``t_start`` (default T) to eps.
 
-    Both ends are exact (``T`` and ``eps`` as given). ``grid`` is one of ``GRIDS`` (validate it with
-    :func:`check_grid` first).
+    On ``like``'s device and dtype (default: float64 on the host, what the samplers take). Both ends are
+    exact (``t_start`` and ``eps`` as given). ``grid`` is one of ``GRIDS`` (validate it with
+    :func:`check_grid` first); ``rho`` is the Karras grid's exponent.
     """
+    t0 = sde.T if t_start is None else float(t_start)
+    if grid == "time_uniform":  # on the host in float64: t_k = t0 - (t0 - eps) k / N
+        times = [t0 - (t0 - eps) * k / num_steps for k in range(num_steps)] + [float(eps)]
+        t = torch.tensor(times, dtype=torch.float64)
+        return t if like is None else t.to(dtype=like.dtype, device=like.device)
+    like = torch.zeros((), dtype=torch.float64) if like is None else like
     u = torch.arange(num_steps + 1, dtype=like.dtype, device=like.device) / num_steps
-    t, _ = grid_time(sde, eps, grid, u)
-    t[0], t[-1] = sde.T, float(eps)
-    # clamp the round-off of the inverse maps into [eps, T] (the ends are exact above)
-    return t.clamp(min=float(eps), max=sde.T) if num_steps > 1 else t
+    t, _ = grid_time(sde, eps, grid, u, t0, rho)
+    t[0], t[-1] = t0, float(eps)
+    # clamp the round-off of the inverse maps into [eps, t_start] (the ends are exact above)
+    return t.clamp(min=float(eps), max=t0) if num_steps > 1 else t
 
 
 def lambda_of(sde: SDE, t: Tensor) -> Tensor:

@@ -23,7 +23,9 @@ from .._checks import (
     PLAUSIBLE_FACTOR,
     FiniteMonitor,
     Generator,
+    check_count,
     check_data,
+    check_mask,
     check_positive,
     check_stats,
     randn,
@@ -63,17 +65,10 @@ def geometric_sigmas(
         raise ValueError(
             f"sigma_min must be below sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}"
         )
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise ValueError(f"num must be an int >= 2, got {num!r}")
+    check_count("num", num, 2)
     ratio = math.log(sigma_min / sigma_max) / (num - 1)
     levels = [sigma_max * math.exp(ratio * i) for i in range(num - 1)] + [sigma_min]
     return torch.tensor(levels, device=device, dtype=dtype or torch.get_default_dtype())
-
-
-def _check_steps(name: str, n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {n!r}")
-    return n
 
 
 def _check_sigmas(sigmas: Tensor | Sequence[float], like: Tensor) -> Tensor:
@@ -93,8 +88,30 @@ def _limit(x0: Tensor, scale: float = 1.0) -> float:
     return PLAUSIBLE_FACTOR * max(1.0, float(scale), float(x0.detach().abs().amax()))
 
 
+def _finish(
+    x: Tensor,
+    score_sigma: Callable[[Tensor, Tensor], Tensor],
+    sigmas: Tensor,
+    levels: list[float],
+    monitor: FiniteMonitor,
+    k: int,
+    n_steps_each: int,
+    denoise: bool,
+    stats: dict[str, Any] | None,
+) -> Tensor:
+    """After k annealed Langevin steps: Tweedie's step at sigma_L (``denoise``), the check, ``nfe``.
+    ``levels``: ``sigmas`` on the host."""
+    if denoise:
+        x = x + levels[-1] ** 2 * score_sigma(x, sigmas[-1].expand(x.shape[0]))
+        monitor.update(x, k - 1)
+    _raise_if_bad(monitor, lambda k: f"sigma = {levels[k // n_steps_each]:.6g} (step {k})")
+    if stats is not None:
+        stats["nfe"] = k + int(denoise)
+    return x
+
+
 def _raise_if_bad(monitor: FiniteMonitor, where: Callable[[int], str]) -> None:
-    """After the loop (one host sync): raise FloatingPointError naming where the first bad step was."""
+    """After the loop (one host sync): FloatingPointError naming where the first bad step was."""
     i = monitor.first_bad()
     if i >= 0:
         raise FloatingPointError(
@@ -133,7 +150,7 @@ def langevin_dynamics(
     check_stats(stats)
     check_data("x0", x0, min_ndim=1)
     step_size = check_positive("step_size", step_size)
-    n_steps = _check_steps("n_steps", n_steps)
+    n_steps = check_count("n_steps", n_steps, 1)
     monitor = FiniteMonitor("Langevin state", _limit(x0))
     x = x0
     for k in range(n_steps):
@@ -187,7 +204,7 @@ def annealed_langevin(
     check_data("x0", x0, min_ndim=1)
     sigmas = _check_sigmas(sigmas, x0)
     step_size = check_positive("step_size", step_size)
-    n_steps_each = _check_steps("n_steps_each", n_steps_each)
+    n_steps_each = check_count("n_steps_each", n_steps_each, 1)
     levels = sigmas.tolist()  # host copy, made once before the loop
     monitor = FiniteMonitor("annealed Langevin state", _limit(x0, levels[0]))
     x, batch, k = x0, x0.shape[0], 0
@@ -201,30 +218,8 @@ def annealed_langevin(
             k += 1
             if callback is not None:
                 callback(i, t, x)
-    if denoise:
-        x = x + levels[-1] ** 2 * score_sigma(x, sigmas[-1].expand(batch))
-        monitor.update(x, k - 1)
-    _raise_if_bad(monitor, lambda k: f"sigma = {levels[k // n_steps_each]:.6g} (step {k})")
-    if stats is not None:
-        stats["nfe"] = k + int(denoise)
+    x = _finish(x, score_sigma, sigmas, levels, monitor, k, n_steps_each, denoise, stats)
     return x
-
-
-def _check_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
-    """Validate a 0/1 mask broadcastable to ``like``; return it in ``like``'s dtype and device."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of 0/1 entries, got {type(mask).__name__}")
-    try:
-        shape = torch.broadcast_shapes(mask.shape, like.shape)
-    except RuntimeError as err:
-        raise ValueError(
-            f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(like.shape)}"
-        ) from err
-    if shape != like.shape:
-        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to {tuple(like.shape)}")
-    if not bool(((mask == 0) | (mask == 1)).all()):
-        raise ValueError(f"{name} must contain only 0 (unknown) and 1 (known) entries")
-    return mask.to(dtype=like.dtype, device=like.device)
 
 
 def annealed_langevin_inpaint(
@@ -262,10 +257,10 @@ def annealed_langevin_inpaint(
     """
     check_stats(stats)
     check_data("x_known", x_known, min_ndim=1)
-    mask = _check_mask(mask, x_known)
+    mask = check_mask(mask, x_known)
     sigmas = _check_sigmas(sigmas, x_known)
     step_size = check_positive("step_size", step_size)
-    n_steps_each = _check_steps("n_steps_each", n_steps_each)
+    n_steps_each = check_count("n_steps_each", n_steps_each, 1)
     levels = sigmas.tolist()
     dev, dt = x_known.device, x_known.dtype
     if x0 is None:
@@ -286,10 +281,5 @@ def annealed_langevin_inpaint(
             x = (1 - mask) * x + mask * y
             monitor.update(x, k)
             k += 1
-    if denoise:
-        x = x + levels[-1] ** 2 * score_sigma(x, sigmas[-1].expand(batch))
-        monitor.update(x, k - 1)
-    _raise_if_bad(monitor, lambda k: f"sigma = {levels[k // n_steps_each]:.6g} (step {k})")
-    if stats is not None:
-        stats["nfe"] = k + int(denoise)
+    x = _finish(x, score_sigma, sigmas, levels, monitor, k, n_steps_each, denoise, stats)
     return torch.where(mask.bool(), x_known, x)

@@ -1,7 +1,8 @@
-"""Multistep exponential integrators in data prediction: DPM-Solver++(2M, 3M), UniPC, SDE-DPM-Solver++(2M).
+"""Multistep exponential integrators in data prediction: DPM-Solver++(2M, 3M), UniPC and their SDE forms.
 
 Sources: Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
-Models" (Algorithm 2, multistep DPM-Solver++(2M); the SDE solvers of its Sec. 5 / App. B); Lu et al.
+Models" (Algorithm 2, multistep DPM-Solver++(2M); SDE-DPM-Solver++(2M) of its Sec. 5; the 3M SDE solver
+as in k-diffusion's ``sample_dpmpp_3m_sde``); Lu et al.
 2022, "DPM-Solver" (the exponential-integrator expansion, Sec. 3); Zhao et al. 2023, "UniPC: A Unified
 Predictor-Corrector Framework for Fast Sampling of Diffusion Models" (Algorithms 2-3, the B(h) variants).
 
@@ -30,13 +31,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import CheckedScore, FiniteMonitor, Generator, check_int, check_stats, randn, state_limit
+from .._checks import CheckedScore, FiniteMonitor, Generator, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .fast import _batch_times, _check_sde_state
-from .grids import check_grid, time_grid
 
-__all__ = ["dpmpp", "unipc", "sde_dpmpp_2m", "DPMPP_VARIANTS", "UNIPC_VARIANTS", "dpmpp_orders"]
+__all__ = [
+    "dpmpp",
+    "unipc",
+    "sde_dpmpp_2m",
+    "sde_dpmpp_3m",
+    "DPMPP_VARIANTS",
+    "UNIPC_VARIANTS",
+    "SDE_DPMPP_2M_VARIANTS",
+    "dpmpp_orders",
+]
 
 #: The factor of the second divided difference in the 3M step, by ``variant``: "taylor" 2, the Taylor
 #: coefficient (``int_0^h e^{-(h-u)} u^2 du = -2 h^2 phi_3``); "reference" 1, that of the reference
@@ -46,20 +54,22 @@ DPMPP_VARIANTS = {"taylor": 2.0, "reference": 1.0}
 #: B(h) of UniPC (Zhao et al. 2023, Sec. 3.3): "bh1" B(h) = h, "bh2" B(h) = e^h - 1 (in their signs).
 UNIPC_VARIANTS = ("bh1", "bh2")
 
+#: The second-order terms of SDE-DPM-Solver++(2M) (``sde_dpmpp_2m``'s docstring).
+SDE_DPMPP_2M_VARIANTS = ("midpoint", "heun")
+
 
 class _Grid:
     """The grid and its per-point scalars as Python floats (float64 on the host) plus the (N+1, B)
     device times for the score calls."""
 
-    def __init__(self, sde: SDE, eps: float, num_steps: int, grid: str, x_T: Tensor) -> None:
-        t64 = time_grid(sde, eps, num_steps, grid, torch.zeros((), dtype=torch.float64))
+    def __init__(self, sde: SDE, t64: Tensor, x: Tensor) -> None:
         alpha, std = sde.alpha_std(t64)
         self.times = t64.tolist()
         self.alpha = alpha.tolist()
         self.std = std.tolist()
         self.lam = (alpha.log() - std.log()).tolist()
         self.h = [self.lam[i] - self.lam[i - 1] for i in range(1, len(self.lam))]  # h[i-1]: step i
-        self.tb = _batch_times(t64.to(dtype=x_T.dtype, device=x_T.device), x_T.shape[0])
+        self.tb = t64.to(dtype=x.dtype, device=x.device)[:, None].repeat(1, x.shape[0])  # row i: (B,) t_i
 
 
 class _DataPrediction:
@@ -75,20 +85,6 @@ class _DataPrediction:
     def __call__(self, x: Tensor, i: int) -> Tensor:
         g = self.grid
         return torch.add(x, self.score(x, g.tb[i]), alpha=g.std[i] ** 2).mul_(1.0 / g.alpha[i])
-
-
-def _check_common(sde: SDE, score: ScoreFn, x_T: Tensor, eps: float, num_steps: int, grid: str) -> int:
-    _check_sde_state(sde, score, x_T)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T) = [0, {sde.T}), got {eps!r}")
-    n = check_int("num_steps", num_steps, 1)
-    check_grid(grid, sde, eps)
-    alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
-    if not float(std[0]) > 0:
-        raise ValueError(
-            f"eps = {eps} is where std(t) = 0 and lambda = +inf: the exponential integrators need eps > 0"
-        )
-    return n
 
 
 def dpmpp_orders(num_steps: int, order: int, lower_order_final: bool) -> list[int]:
@@ -124,16 +120,15 @@ def _finish(
 def dpmpp(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    num_steps: int = 20,
-    order: int = 2,
-    grid: str = "logsnr",
-    lower_order_final: bool | None = None,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
-    variant: str = "taylor",
+    order: int,
+    variant: str,
+    lower_order_final: bool,
+    denoise: bool,
 ) -> Tensor:
     """Multistep DPM-Solver++ (Lu et al. 2022b, Algorithm 2) for the probability flow of ``sde``.
 
@@ -144,14 +139,14 @@ def dpmpp(
     * order 2 (2M, Algorithm 2): the same with ``m_{i-1}`` replaced by
       ``D = (1 + 1/(2r)) m_{i-1} - 1/(2r) m_{i-2}``;
     * order 3 (3M): ``x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i phi_1 m_{i-1} + alpha_i phi_2 D1
-      - 2 alpha_i phi_3 D2``, where ``D1 ~ h m'`` and ``D2 ~ h^2 m'' / 2`` are the divided differences of
+      - c alpha_i phi_3 D2``, where ``D1 ~ h m'`` and ``D2 ~ h^2 m'' / 2`` are the divided differences of
       the last three model values (``r0 = h_{i-1} / h_i``, ``r1 = h_{i-2} / h_i``,
       ``D1_0 = (m_{i-1} - m_{i-2}) / r0``, ``D1_1 = (m_{i-2} - m_{i-3}) / r1``,
-      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``). The factor 2 on
-      the last term is the Taylor coefficient (``int e^{-(h-u)} u^2 du = -2 h^2 phi_3``); the reference
-      implementations (dpm-solver, diffusers, k-diffusion) use 1, which leaves a local error of order
-      h^3 and makes their 3M second order (measured: table ``orders`` of benchmarks/bench_solvers.py,
-      2.0 against 3.8-4.0; tests/test_multistep.py).
+      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``). ``variant``
+      "taylor": c = 2, the Taylor coefficient (``int e^{-(h-u)} u^2 du = -2 h^2 phi_3``), third order
+      (4 on Gaussian data); "reference": c = 1, the reference implementations' (dpm-solver, diffusers,
+      k-diffusion), which leaves a local error of order h^3 (second order) but extrapolates half the
+      curvature, which is the smaller error where the steps are long in lambda (docs/samplers.md).
 
     Warm-up: the first steps use the orders the available history allows (1, then 2, ...). With
     ``lower_order_final`` (default: on for fewer than 15 steps, the papers' code) the final steps drop
@@ -159,38 +154,25 @@ def dpmpp(
 
     Args:
         sde, score: the forward SDE and ``score(x, t)`` (t a (B,) tensor of true times).
-        x_T: (B, *shape) state at T.
-        eps: end time in [0, T) with std(eps) > 0 (lambda(eps) finite).
-        generator: unused (deterministic given ``x_T``).
-        num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
-        order: 1, 2 or 3.
-        grid: one of :data:`~diffscore.sampling.grids.GRIDS` ("logsnr" default, Lu et al.'s choice).
-        lower_order_final: see above; None = ``num_steps < 15``.
-        denoise: add the Tweedie step ``m(x, eps)`` at the end (one more NFE; output at t = 0).
+        x: (B, *shape) state at ``ts[0]``.
+        ts: (N + 1,) decreasing times (float64) ending at eps with std(eps) > 0 (lambda(eps) finite):
+            N steps = N NFE (+1 with ``denoise``).
+        generator: unused (deterministic given ``x``).
         stats: optional dict that receives ``nfe``.
+        order: 1, 2 or 3.
+        variant: the 3M coefficient, "taylor" or "reference" (above).
+        lower_order_final: see above (:func:`~diffscore.sample`'s default: ``num_steps < 15``).
+        denoise: add the Tweedie step ``m(x, eps)`` at the end (one more NFE; output at t = 0).
 
     Returns:
-        Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: bad ``order``, ``num_steps``, ``grid``, ``eps`` or ``sde``/``score``/``x_T``;
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    n = _check_common(sde, score, x_T, eps, num_steps, grid)
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if variant not in DPMPP_VARIANTS:
-        raise ValueError(f"variant must be one of {tuple(DPMPP_VARIANTS)}, got {variant!r}")
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
     d2_weight = DPMPP_VARIANTS[variant]
-    low = num_steps < 15 if lower_order_final is None else bool(lower_order_final)
-    g = _Grid(sde, float(eps), n, grid, x_T)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
-    orders = dpmpp_orders(n, order, low)
-    x = x_T
+    orders = dpmpp_orders(n, order, lower_order_final)
     ms = [model(x, 0)]  # ms[-1] = m_{i-1}, ms[-2] = m_{i-2}, ...
     for i in range(1, n + 1):
         o, h = orders[i - 1], g.h[i - 1]
@@ -208,7 +190,7 @@ def dpmpp(
             d1_1 = (ms[-2] - ms[-3]).div_(r1)
             diff = d1_0 - d1_1
             x.add_(d1_0, alpha=a_t * phi2).add_(diff, alpha=a_t * phi2 * r0 / (r0 + r1))  # alpha phi_2 D1
-            x.add_(diff, alpha=-d2_weight * a_t * phi3 / (r0 + r1))  # -2 alpha phi_3 D2
+            x.add_(diff, alpha=-d2_weight * a_t * phi3 / (r0 + r1))  # -c alpha phi_3 D2
         monitor.update(x, i)
         if i < n:  # the last model value is never needed
             ms.append(model(x, i))
@@ -262,17 +244,16 @@ def _unipc_coefficients(hs: list[float], h: float, p: int, variant: str) -> dict
 def unipc(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    num_steps: int = 10,
-    order: int = 3,
-    grid: str = "logsnr",
-    variant: str = "bh2",
-    use_corrector: bool = True,
-    lower_order_final: bool = True,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    order: int,
+    variant: str,
+    use_corrector: bool,
+    lower_order_final: bool,
+    denoise: bool,
 ) -> Tensor:
     """UniPC (Zhao et al. 2023): the UniP-p predictor and the UniC corrector, in data prediction.
 
@@ -293,8 +274,7 @@ def unipc(
     ``lower_order_final`` (default, as in the paper's code) they drop again over the last steps.
 
     Args:
-        sde, score, x_T, eps, generator, grid, denoise, stats: as in :func:`dpmpp`.
-        num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
+        sde, score, x, ts, generator, stats, denoise: as in :func:`dpmpp`.
         order: 1, 2 or 3 (the predictor's; the corrector adds one).
         variant: "bh1" or "bh2".
         use_corrector: apply UniC (True, default) or run the predictor alone (UniP). (Named apart from
@@ -302,27 +282,13 @@ def unipc(
         lower_order_final: lower the order of the final steps.
 
     Returns:
-        Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: bad ``order``, ``variant``, ``num_steps``, ``grid``, ``eps`` or inputs;
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    n = _check_common(sde, score, x_T, eps, num_steps, grid)
-    if isinstance(order, bool) or order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if variant not in UNIPC_VARIANTS:
-        raise ValueError(f"variant must be one of {UNIPC_VARIANTS}, got {variant!r}")
-    if not isinstance(use_corrector, bool):
-        raise TypeError(f"use_corrector must be True or False, got {use_corrector!r}")
-    g = _Grid(sde, float(eps), n, grid, x_T)
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
-    orders = dpmpp_orders(n, order, bool(lower_order_final))
-    x = x_T
+    orders = dpmpp_orders(n, order, lower_order_final)
     ms = [model(x, 0)]
     for i in range(1, n + 1):
         p, h = orders[i - 1], g.h[i - 1]
@@ -353,70 +319,126 @@ def unipc(
 def sde_dpmpp_2m(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    num_steps: int = 50,
-    grid: str = "logsnr",
-    lower_order_final: bool = True,
-    denoise: bool = False,
     stats: dict[str, Any] | None = None,
+    variant: str,
+    lower_order_final: bool,
+    denoise: bool,
 ) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5): a second-order multistep solver of the reverse SDE.
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5, eq. (18) and App. B): a multistep reverse-SDE solver.
 
     The reverse SDE in lambda, written for the data prediction m, has the exact solution
 
         x_t = (sigma_t / sigma_s) e^{-h} x_s + 2 alpha_t int_0^h e^{-2(h - u)} m(lambda_s + u) du
-              + sigma_t sqrt(1 - e^{-2h}) z,      z ~ N(0, I),
+              + sigma_t sqrt(1 - e^{-2h}) z,      z ~ N(0, I)
 
-    (the noise term is exact: a Gaussian integral of the Brownian motion). With m linear in u through
-    the last two model values (``m' ~ (m_{i-1} - m_{i-2}) / h_{i-1}``):
+    (the noise term is exact: a Gaussian integral of the Brownian motion). Step i, with
+    ``r = h_{i-1} / h_i``, replaces m by a combination of the last two model values:
 
-        x_i = (sigma_i / sigma_{i-1}) e^{-h} x_{i-1} + alpha_i (1 - e^{-2h}) m_{i-1}
-              + alpha_i (h - (1 - e^{-2h}) / 2) (m_{i-1} - m_{i-2}) / h_{i-1} + sigma_i sqrt(1 - e^{-2h}) z
+        x_i = (sigma_i / sigma_{i-1}) e^{-h} x_{i-1} + alpha_i (1 - e^{-2h}) D + sigma_i sqrt(1 - e^{-2h}) z,
 
-    (``int_0^h 2 e^{-2(h-u)} u du = h - (1 - e^{-2h}) / 2``; k-diffusion calls this coefficient its
-    "heun" type). The first step is first order (SDE-DPM-Solver-1++, DDPM's ancestral step). One NFE per
-    step.
+    * "midpoint" (the paper's): ``D = (1 + 1/(2r)) m_{i-1} - 1/(2r) m_{i-2}``;
+    * "heun": m linear in u, integrated exactly: ``D = m_{i-1} + (h - (1 - e^{-2h}) / 2) /
+      ((1 - e^{-2h}) h_{i-1}) (m_{i-1} - m_{i-2})`` (k-diffusion's name for it).
 
-    Along a stochastic path m is not smooth: ``m_{i-1} - m_{i-2}`` carries the noise injected one step
-    earlier, and the correction multiplies it by about ``h_i^2 / h_{i-1}``. With ``lower_order_final``
-    (default) the last step is first order: on grids whose last step is long (uniform in t for VP) the
-    correction would amplify that noise (the papers' code also ends with a first-order step for few
-    steps; the log-density gaps of table ``sde_gap`` of benchmarks/bench_solvers.py are with it).
+    The first step is first order (SDE-DPM-Solver-1++, ``D = m_{i-1}``); with ``lower_order_final`` the
+    last one too. One NFE per step.
 
     Args:
-        sde, score, x_T, eps, grid, denoise, stats: as in :func:`dpmpp`.
+        sde, score, x, ts, stats, denoise: as in :func:`dpmpp`.
         generator: the noise: a torch.Generator, or a list of B of them (sample k then depends on
             generator k alone, so it equals its solo run).
-        num_steps: N >= 1 steps = N NFE (+1 with ``denoise``).
-        lower_order_final: make the last step first order (above).
+        variant: "midpoint" or "heun" (above).
+        lower_order_final: make the last step first order.
 
     Returns:
-        Samples shaped like ``x_T`` at t = eps (or t = 0 with ``denoise``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: bad ``num_steps``, ``grid``, ``eps``, ``generator`` or inputs;
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: the state turned non-finite or implausibly large (names the first bad time).
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
     """
-    check_stats(stats)
-    n = _check_common(sde, score, x_T, eps, num_steps, grid)
-    g = _Grid(sde, float(eps), n, grid, x_T)
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
-    x = x_T
     m_prev: Tensor | None = None
     for i in range(1, n + 1):
         h = g.h[i - 1]
         m = model(x, i - 1)
         one_m = -math.expm1(-2 * h)  # 1 - e^{-2h}
+        if m_prev is None or (lower_order_final and i == n):
+            d = m
+        elif variant == "midpoint":
+            d = torch.add(m, m - m_prev, alpha=h / (2 * g.h[i - 2]))  # (1 + 1/(2r)) m_{i-1} - 1/(2r) m_{i-2}
+        else:
+            d = torch.add(m, m - m_prev, alpha=(h - one_m / 2) / (one_m * g.h[i - 2]))
         z = randn(x.shape, generator, x.device, x.dtype)
-        x = torch.mul(x, g.std[i] / g.std[i - 1] * math.exp(-h)).add_(m, alpha=g.alpha[i] * one_m)
-        if m_prev is not None and not (lower_order_final and i == n):
-            x.add_(m - m_prev, alpha=g.alpha[i] * (h - one_m / 2) / g.h[i - 2])
+        x = torch.mul(x, g.std[i] / g.std[i - 1] * math.exp(-h)).add_(d, alpha=g.alpha[i] * one_m)
         x.add_(z, alpha=g.std[i] * math.sqrt(one_m))
         m_prev = m
+        monitor.update(x, i)
+    return _finish(x, g, model, denoise, monitor, n, stats)
+
+
+@torch.no_grad()
+def sde_dpmpp_3m(
+    sde: SDE,
+    score: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: Generator = None,
+    stats: dict[str, Any] | None = None,
+    variant: str,
+    lower_order_final: bool,
+    denoise: bool,
+) -> Tensor:
+    """SDE-DPM-Solver++(3M): the third-order multistep solver of the reverse SDE.
+
+    The exact solution of :func:`sde_dpmpp_2m` with m expanded to second order in u, through the divided
+    differences ``D1 ~ h m'`` and ``D2 ~ h^2 m'' / 2`` of the last three model values (as in
+    :func:`dpmpp`'s 3M step). The integrals are those of the probability flow at ``2h``:
+    ``int_0^h 2 e^{-2(h-u)} (1, u, u^2/2) du = (-phi_1(2h), h phi_2(2h), -h^2 phi_3(2h))`` with the
+    ``phi_k`` of the module docstring, so
+
+        x_i = (sigma_i / sigma_{i-1}) e^{-h} x_{i-1} - alpha_i phi_1 m_{i-1} + alpha_i phi_2 D1
+              - c alpha_i phi_3 D2 + sigma_i sqrt(-phi_1) z,      phi_k = phi_k(2h),
+
+    with ``c = 2`` ("taylor") or ``c = 1`` ("reference": k-diffusion's ``sample_dpmpp_3m_sde``, which it
+    matches to round-off on the same grid and noise). Warm-up: first order, then second order
+    (``D1 = (m_{i-1} - m_{i-2}) / r``); with ``lower_order_final`` the last two steps drop to orders 2
+    and 1. One NFE per step.
+
+    Args:
+        sde, score, x, ts, stats, denoise: as in :func:`dpmpp`; generator as in :func:`sde_dpmpp_2m`.
+        variant: "taylor" or "reference" (above).
+        lower_order_final: lower the orders of the final steps.
+
+    Returns:
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
+    """
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
+    model = _DataPrediction(score, g)
+    monitor = FiniteMonitor("state", state_limit(sde.prior_std))
+    orders = dpmpp_orders(n, 3, lower_order_final)
+    c = DPMPP_VARIANTS[variant]
+    ms: list[Tensor] = []  # ms[-1] = m_{i-1}, ms[-2] = m_{i-2}, ...
+    for i in range(1, n + 1):
+        o, h = orders[i - 1], g.h[i - 1]
+        ms = [*ms[-2:], model(x, i - 1)]
+        phi1 = math.expm1(-2 * h)
+        phi2 = phi1 / (2 * h) + 1
+        phi3 = phi2 / (2 * h) - 0.5
+        x = torch.mul(x, g.std[i] / g.std[i - 1] * math.exp(-h)).add_(ms[-1], alpha=-g.alpha[i] * phi1)
+        if o == 2:  # D1 = (m_{i-1} - m_{i-2}) / r
+            x.add_(ms[-1] - ms[-2], alpha=g.alpha[i] * phi2 * h / g.h[i - 2])
+        elif o == 3:
+            r0, r1 = g.h[i - 2] / h, g.h[i - 3] / h
+            d1_0, d1_1 = (ms[-1] - ms[-2]).div_(r0), (ms[-2] - ms[-3]).div_(r1)
+            diff = d1_0 - d1_1  # D1 = d1_0 + r0 / (r0 + r1) diff, D2 = diff / (r0 + r1)
+            x.add_(d1_0, alpha=g.alpha[i] * phi2).add_(diff, alpha=g.alpha[i] * phi2 * r0 / (r0 + r1))
+            x.add_(diff, alpha=-c * g.alpha[i] * phi3 / (r0 + r1))
+        x.add_(randn(x.shape, generator, x.device, x.dtype), alpha=g.std[i] * math.sqrt(-phi1))
         monitor.update(x, i)
     return _finish(x, g, model, denoise, monitor, n, stats)

@@ -4,8 +4,9 @@ Source: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Di
 Algorithm 1 (PC sampling), Algorithms 2-3 (VE / VP PC samplers), Algorithms 4-5 (Langevin correctors),
 Appendix E (reverse diffusion), Appendix F (ancestral sampling), Appendix G (signal-to-noise ratio).
 
-The time grid ``T = t_0 > t_1 > ... > t_N = eps`` is built once (uniform in t by default; log-SNR
-uniform or Karras with ``grid=``, :mod:`diffscore.sampling.grids`). Step ``i`` runs the predictor from
+The time grid ``T = t_0 > t_1 > ... > t_N = eps`` comes from :func:`~diffscore.sample` (uniform in t by
+default; log-SNR uniform or Karras with ``grid=``, :mod:`diffscore.sampling.grids`; it may start below
+T). Step ``i`` runs the predictor from
 ``t_i`` to ``t_{i+1}``, then ``n_steps`` corrector steps at ``t_{i+1}`` (Algorithm 1). Every per-step
 coefficient comes from the continuous schedule and the actual grid, so ``N`` and the grid are free:
 
@@ -31,19 +32,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._checks import (
-    CheckedScore,
-    FiniteMonitor,
-    Generator,
-    bcast,
-    check_positive,
-    check_stats,
-    randn,
-    state_limit,
-)
+from .._checks import CheckedScore, FiniteMonitor, Generator, bcast, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
-from .grids import check_grid, time_grid
 
 __all__ = ["pc_sample", "PREDICTORS", "CORRECTORS", "PCSchedule"]
 
@@ -74,16 +65,10 @@ class PCSchedule:
     corrector_alpha: Tensor
 
     @classmethod
-    def build(
-        cls, sde: SDE, eps: float, num_steps: int, like: Tensor, grid: str = "time_uniform"
-    ) -> PCSchedule:
-        if grid == "time_uniform":  # the historical grid, computed on the host in float64
-            times = [sde.T - (sde.T - eps) * k / num_steps for k in range(num_steps)] + [eps]
-            t = torch.tensor(times, dtype=like.dtype, device=like.device)
-        else:
-            t64 = time_grid(sde, eps, num_steps, grid, torch.zeros((), dtype=torch.float64))
-            times = t64.tolist()
-            t = t64.to(dtype=like.dtype, device=like.device)
+    def build(cls, sde: SDE, ts: Tensor, like: Tensor) -> PCSchedule:
+        """The schedule on the (N + 1,) host grid ``ts``, on ``like``'s device and dtype."""
+        times = ts.tolist()
+        t = ts.to(dtype=like.dtype, device=like.device)
         alpha, std = sde.alpha_std(t)
         h = t[:-1] - t[1:]
         a, q = sde.transition(t[1:], t[:-1])
@@ -180,7 +165,7 @@ def langevin_corrector(
 def langevin_score_norm_corrector(
     x: Tensor, score: ScoreFn, sch: PCSchedule, k: int, snr: float, generator: Generator
 ) -> Tensor:
-    """The per-sample signal-to-noise step of Algorithms 4-5 (diffscore's default before issue 10):
+    """The per-sample signal-to-noise step of Algorithms 4-5, as the paper's code writes it:
     ``step = 2 alpha (snr E||z|| / ||s||)^2`` with each sample's own score norm ``||s||``.
 
     Kept for comparison only: a step that depends on the state through ``||s(x)||`` samples from
@@ -219,83 +204,59 @@ CORRECTORS: dict[str, Corrector | None] = {
 def pc_sample(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    predictor: str = "reverse_diffusion",
-    corrector: str = "langevin",
-    snr: float = 0.16,
-    n_steps: int = 1,
-    num_steps: int = 1000,
-    denoise: bool = True,
-    grid: str = "time_uniform",
-    constraint: Callable[[Tensor, Tensor], Tensor] | None = None,
     stats: dict[str, Any] | None = None,
+    predictor: str,
+    corrector: str,
+    snr: float,
+    n_steps: int,
+    denoise: bool,
+    constraint: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
-    """Predictor-corrector sampling (Song et al. 2021, Algorithm 1) from ``x_T`` at T down to ``eps``.
+    """Predictor-corrector sampling (Song et al. 2021, Algorithm 1) from ``x`` at ``ts[0]`` to ``ts[-1]``.
 
     Args:
         sde: VESDE, VPSDE or SubVPSDE (any :class:`~diffscore.sde.SDE`).
         score: ``score(x, t) -> like x``, t shaped (B,).
-        x_T: (B, *shape) starting state at T.
-        eps: the last time t_N, in [0, T).
+        x: (B, *shape) starting state at ``ts[0]``.
+        ts: (N + 1,) decreasing grid times ``t_0 > ... > t_N = eps`` (float64): N time steps.
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
+        stats: optional dict that receives ``nfe`` (score evaluations: N + N M + denoise for the
+            score-based predictors).
         predictor: a key of ``PREDICTORS``: "euler_maruyama", "reverse_diffusion", "ancestral", "none".
         corrector: a key of ``CORRECTORS``: "langevin" (step ``2 alpha (snr std(t))^2``, see
             :func:`langevin_corrector`), "annealed_langevin" (the same rule), "langevin_score_norm" (the
             per-sample rule, biased in low dimension; for comparison), "none".
         snr: the corrector's signal-to-noise ratio r > 0 (paper: 0.16 for VE on CIFAR-10).
         n_steps: M >= 0 corrector steps per time step.
-        num_steps: N >= 1 time steps.
         denoise: finish with Tweedie's formula ``x_0 = (x + std(eps)^2 s(x, eps)) / alpha(eps)``, the
             posterior mean E[x_0 | x_eps] (one more NFE; skipped when eps = 0, where it is the identity).
-        grid: the time grid, one of :data:`~diffscore.sampling.grids.GRIDS`: "time_uniform" (the paper's),
-            "logsnr", "karras", "time_quadratic".
         constraint: optional ``constraint(x, t) -> x`` applied after every predictor and corrector update
             (used by inpainting to set known entries), t the current (B,) time.
-        stats: optional dict that receives ``nfe`` (score evaluations: N + N M + denoise for the
-            score-based predictors).
 
     Returns:
-        Samples shaped like ``x_T``.
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: unknown ``predictor``, ``corrector`` or ``grid``, ``snr`` <= 0,
-            ``num_steps`` < 1, ``n_steps`` < 0; a ``score`` that is not callable, or that returns a
-            non-tensor (TypeError) or a tensor not shaped like the state (ValueError, "score returned
-            shape (...) for a state of shape (...)").
-        FloatingPointError: the state went non-finite or beyond ``1e4`` prior stds (raised after the
-            loop, naming the time of the first bad step).
+        Samples shaped like ``x``.
     """
-    check_stats(stats)
-    if predictor not in PREDICTORS:
-        raise ValueError(f"predictor must be one of {sorted(PREDICTORS)}, got {predictor!r}")
-    if corrector not in CORRECTORS:
-        raise ValueError(f"corrector must be one of {sorted(CORRECTORS)}, got {corrector!r}")
-    snr = check_positive("snr", snr)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
-        raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
     score = CheckedScore(score)  # counts evaluations and checks each output's shape and dtype
-    check_grid(grid, sde, eps)
     predict, correct = PREDICTORS[predictor], CORRECTORS[corrector]
-    sch = PCSchedule.build(sde, eps, num_steps, x_T, grid)
+    sch = PCSchedule.build(sde, ts, x)
+    num_steps = len(sch.times) - 1
     monitor = FiniteMonitor("PC sampler state", state_limit(sde.prior_std))
-    x = x_T
     for i in range(num_steps):
         if predict is not None:
-            x = predict(x, score, sch, i, generator)
+            x = predict(x, score, sch, i, generator)  # x_{i+1} from x_i
             if constraint is not None:
                 x = constraint(x, sch.time(i + 1, x))
         for _ in range(n_steps if correct is not None else 0):
-            x = correct(x, score, sch, i + 1, snr, generator)
+            x = correct(x, score, sch, i + 1, snr, generator)  # Langevin at t_{i+1}
             if constraint is not None:
                 x = constraint(x, sch.time(i + 1, x))
         monitor.update(x, i)
-    if denoise and eps > 0:
-        x = (x + sch.var[-1] * score(x, sch.time(num_steps, x))) / sch.alpha[-1]
+    if denoise and sch.times[-1] > 0:
+        x = (x + sch.var[-1] * score(x, sch.time(num_steps, x))) / sch.alpha[-1]  # Tweedie
         monitor.update(x, num_steps - 1)
     monitor.check(sch.times[1:])
     if stats is not None:

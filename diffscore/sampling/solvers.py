@@ -8,16 +8,15 @@ from typing import Any
 import torch
 import torchsde
 from torch import Tensor
-from torchdiffeq._impl.odeint import SOLVERS as ODE_SOLVERS  # torchdiffeq's method table
 from torchsde import BrownianInterval
 from torchsde.types import Scalar
 
-from .._checks import Generator, check_positive, check_solve_eps, check_stats, generators, seed_from
+from .._checks import Generator, generators, seed_from
 from ..dynamics import ProbabilityFlowODE, ReverseSDE
 from ..likelihood import _ode_kwargs, _odeint, per_sample_norm
 from ..score import ScoreFn
 from ..sde import SDE
-from .grids import check_grid, grid_time
+from .grids import grid_time
 
 __all__ = ["sample_ode", "sample_sde", "brownian_motion", "SDE_METHODS", "GridReverseSDE"]
 
@@ -162,12 +161,14 @@ class GridReverseSDE(ReverseSDE):
     the chosen grid in t (log-SNR uniform, Karras, ...), and the score still sees the true time.
     """
 
-    def __init__(self, sde: SDE, score: ScoreFn, shape, eps: float, grid: str, sde_type: str = "ito") -> None:
+    def __init__(
+        self, sde: SDE, score: ScoreFn, shape, t_start: float, eps: float, grid: str, sde_type: str = "ito"
+    ) -> None:
         super().__init__(sde, score, shape, sde_type)
-        self.eps, self.grid = float(eps), grid
+        self.t_start, self.eps, self.grid = float(t_start), float(eps), grid
 
     def _time(self, u: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        t, dt_du = grid_time(self.sde, self.eps, self.grid, u.to(y).reshape(1))
+        t, dt_du = grid_time(self.sde, self.eps, self.grid, u.to(y).reshape(1), self.t_start)
         return t.expand(y.shape[0]), dt_du.abs().expand(y.shape[0])
 
     def f(self, u: Tensor, y: Tensor) -> Tensor:
@@ -185,54 +186,42 @@ class GridReverseSDE(ReverseSDE):
 def sample_sde(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    solver: str = "euler",
-    num_steps: int = 1000,
-    adaptive: bool = False,
-    rtol: float = 1e-3,
-    atol: float = 1e-3,
-    grid: str = "time_uniform",
-    options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    solver: str,
+    num_steps: int,
+    adaptive: bool,
+    rtol: float,
+    atol: float,
+    grid: str,
+    options: dict[str, Any] | None,
 ) -> Tensor:
-    """Integrate the reverse-time SDE (Song et al. 2021, eq. 6) from x_T at T down to eps with torchsde.
+    """Integrate the reverse-time SDE (Song et al. 2021, eq. 6) from x at ``ts[0]`` down to ``ts[1]`` with
+    torchsde.
 
     Args:
         solver: a torchsde method (``SDE_METHODS``); Stratonovich-only methods get the Stratonovich form.
-        num_steps: fixed steps of size (T - eps) / num_steps (the initial step when ``adaptive``).
+        num_steps: fixed steps of size (ts[0] - ts[1]) / num_steps (the initial step when ``adaptive``).
         adaptive: torchsde's error-controlled stepping (step doubling) with ``rtol`` / ``atol``.
-        grid: "time_uniform" (default) or another of :data:`~diffscore.sampling.grids.GRIDS`: the
-            solver then takes ``num_steps`` uniform steps in the grid variable u (:class:`GridReverseSDE`),
-            i.e. steps uniform in log-SNR, on the Karras grid, ...
+        grid: "time_uniform" or another of :data:`~diffscore.sampling.grids.GRIDS`: the solver then
+            takes ``num_steps`` uniform steps in the grid variable u (:class:`GridReverseSDE`), i.e.
+            steps uniform in log-SNR, on the Karras grid, ...
+        options: torchsde's solver options.
 
-    Returns the state at eps, shaped like ``x_T``. ``stats["nfe"]`` gets the score evaluations.
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: an unknown ``solver`` or ``grid``, bad ``num_steps`` or tolerances;
-            ``eps`` outside [0, T) or with ``std(eps) = 0`` (the score is singular there);
-            a ``score`` returning a non-tensor (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: a non-finite or implausibly large state or score (names the time).
+    Returns the state at ``ts[1]``, shaped like ``x``. ``stats["nfe"]`` gets the score evaluations.
     """
-    check_stats(stats)
-    if solver not in SDE_METHODS:
-        raise ValueError(f"solver must be one of {sorted(SDE_METHODS)} for method='sde', got {solver!r}")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
-    eps = check_solve_eps(sde, eps)
-    check_grid(grid, sde, eps)
-    shape = tuple(x_T.shape[1:])
-    y0 = x_T.reshape(x_T.shape[0], -1)
+    t_start, eps = ts.tolist()
+    shape = tuple(x.shape[1:])
+    y0 = x.reshape(x.shape[0], -1)
     if grid == "time_uniform":
         rsde = ReverseSDE(sde, score, shape, sde_type=SDE_METHODS[solver])
-        ts = ReverseSDE.solver_times([sde.T, eps]).to(y0)
-        dt = (sde.T - eps) / num_steps
+        ts = ReverseSDE.solver_times([t_start, eps]).to(y0)
+        dt = (t_start - eps) / num_steps
     else:
-        rsde = GridReverseSDE(sde, score, shape, eps, grid, sde_type=SDE_METHODS[solver])
+        rsde = GridReverseSDE(sde, score, shape, t_start, eps, grid, sde_type=SDE_METHODS[solver])
         ts = torch.tensor([0.0, 1.0], dtype=torch.float64).to(y0)
         dt = 1.0 / num_steps
     levy = "space-time" if solver == "srk" else "none"
@@ -243,47 +232,36 @@ def sample_sde(
     )
     if stats is not None:
         stats["nfe"] = rsde.nfe
-    return ys[-1].reshape(x_T.shape)
+    return ys[-1].reshape(x.shape)
 
 
 @torch.no_grad()
 def sample_ode(
     sde: SDE,
     score: ScoreFn,
-    x_T: Tensor,
-    eps: float,
+    x: Tensor,
+    ts: Tensor,
+    *,
     generator: Generator = None,
-    solver: str = "dopri5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    options: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    solver: str,
+    rtol: float,
+    atol: float,
+    options: dict[str, Any] | None,
 ) -> Tensor:
-    """Integrate the probability-flow ODE (Song et al. 2021, eq. 13) from x_T at T to eps with torchdiffeq.
+    """Integrate the probability-flow ODE (Song et al. 2021, eq. 13) from x at ``ts[0]`` to ``ts[1]`` with
+    torchdiffeq.
 
-    ``solver`` is a torchdiffeq method. Deterministic given x_T (``generator`` only draws x_T in
+    ``solver`` is a torchdiffeq method. Deterministic given x (``generator`` only draws x in
     :func:`~diffscore.sample`). Adaptive methods use a per-sample error norm, so each sample meets the
     tolerance on its own. A fixed-grid method ("euler", "midpoint", "rk4", ...) needs its step:
     ``options={"step_size": h}`` (or torchdiffeq's ``"grid_constructor"``).
-
-    Raises:
-        TypeError: ``stats`` is not a dict or None (checked before any work).
-        ValueError / TypeError: an unknown ``solver``, bad tolerances, a fixed-grid ``solver`` without
-            ``options["step_size"]`` / ``options["grid_constructor"]``; ``eps`` outside [0, T) or with
-            ``std(eps) = 0`` (the score is singular there); a ``score`` returning a non-tensor
-            (TypeError) or a tensor not shaped like the state (ValueError).
-        FloatingPointError: a non-finite or implausibly large state or score (names the time);
-            :class:`~diffscore._checks.StepSizeUnderflowError` when the adaptive step size underflows.
     """
-    check_stats(stats)
-    del generator
-    if solver not in ODE_SOLVERS:
-        raise ValueError(f"solver must be one of {sorted(ODE_SOLVERS)} for method='ode', got {solver!r}")
-    eps = check_solve_eps(sde, eps)
+    eps = float(ts[-1])
     flow = ProbabilityFlowODE(sde, score, t_min=eps)
-    ts = torch.tensor([sde.T, eps], dtype=x_T.dtype, device=x_T.device)
-    kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x_T.shape[0]), ts[-1], name="solver")
-    x = _odeint(flow, x_T, ts, flow, **kw)[-1]
+    ts = ts.to(dtype=x.dtype, device=x.device)
+    kw = _ode_kwargs(rtol, atol, solver, options, per_sample_norm(x.shape[0]), ts[-1], name="solver")
+    x = _odeint(flow, x, ts, flow, **kw)[-1]
     if stats is not None:
         stats["nfe"] = flow.nfe
     return x

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from ..controllable import noisy_classifier_loss
 from ..data import uniform_dequantize
-from ..nets.classifier import TimeDependentClassifier
+from ..nets.classifier import TimeDependentClassifier, fit_classifier
 from ..sde import SDE
 
 __all__ = ["train_classifier", "classifier_accuracy"]
@@ -35,7 +36,8 @@ def train_classifier(
     eps: float = 1e-5,
     **net_options: Any,
 ) -> tuple[TimeDependentClassifier, list[float]]:
-    """Train a :class:`TimeDependentClassifier` with :func:`~diffscore.controllable.noisy_classifier_loss`.
+    """Train a :class:`TimeDependentClassifier` with :func:`~diffscore.controllable.noisy_classifier_loss`
+    (the loop: :func:`~diffscore.nets.classifier.fit_classifier`).
 
     Every step draws a batch (with replacement), dequantizes it afresh (uniform noise in each cell,
     :func:`~diffscore.data.uniform_dequantize`, the data the score model saw) and takes one Adam step
@@ -60,14 +62,14 @@ def train_classifier(
         clf = TimeDependentClassifier(sde, images.shape[1:], seed=seed, **net_options)
     clf.train()
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam(clf.parameters(), lr=lr)
-    losses = []
-    for _ in range(steps):
-        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
-        x0 = uniform_dequantize(images[idx], num_bins, data_range, gen)
-        loss = noisy_classifier_loss(clf, sde, x0, labels[idx], eps, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for _ in range(steps):
+            idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+            yield uniform_dequantize(images[idx], num_bins, data_range, gen), labels[idx]
+
+    def loss(x0: Tensor, y: Tensor) -> Tensor:
+        return noisy_classifier_loss(clf, sde, x0, y, eps, gen)
+
+    losses = fit_classifier(torch.optim.Adam(clf.parameters(), lr=lr), batches(), loss)
     return clf.eval(), losses

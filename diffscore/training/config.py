@@ -209,10 +209,9 @@ _BIG_IMAGES = dict(
 
 #: Named presets. "digits" is the default of ``diffscore train`` and fits the 2-core CPU budget.
 PRESETS: dict[str, TrainConfig] = {
-    # 20k steps with a cosine decay: test 2.452 bits/dim against 2.463 for 10k constant, and digits FID
-    # 1.04 against 1.14 (3 seeds of 1000 samples; floor 0.50); samples by PC stopped at eps = 0.1 on the
-    # log-SNR grid, then Tweedie's step: the grey speckle of eps = 1e-3 comes from the model's score at
-    # small t (benchmarks/bench_speckle.py; docs/quality.md)
+    # 20k steps with a cosine decay; samples by PC stopped at eps = 0.1 on the log-SNR grid, then
+    # Tweedie's step (at eps = 1e-3 the model's score at small t leaves a grey speckle): the measured
+    # bits/dim and digits FID of this choice are in docs/quality.md
     "digits": TrainConfig(
         steps=20_000,
         lr_schedule="cosine",
