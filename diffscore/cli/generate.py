@@ -78,8 +78,8 @@ def _sample(args: argparse.Namespace, main: bool) -> int:
     options = sample_options(args, card)
     if args.method == "pc" and options.get("num_steps", PC_STEPS_NOTE) < PC_STEPS_NOTE and main:
         print(
-            f"note: pc with {options['num_steps']} steps is far from the data distribution (a gap of +58 "
-            "nats at 100 NFE, +1180 at 20 on the benchmark mixture, docs/samplers.md); below "
+            f"note: pc with {options['num_steps']} steps is far from the data distribution (a gap of +66 "
+            "nats at 100 NFE, +1270 at 20 on the benchmark mixture, docs/samplers.md); below "
             f"{PC_STEPS_NOTE} steps --method sde_dpmpp_2m (stochastic) or unipc do better",
             file=sys.stderr,
         )
