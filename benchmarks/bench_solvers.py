@@ -5,7 +5,8 @@
 Tables (printed, and written as CSV to ``--out``):
 
 * ``orders``: observed order of every multistep solver on the closed-form probability flow of Gaussian
-  data (N(mu, 0.3^2 I_8), 32 samples), ``log2(error(128 steps) / error(256 steps))``, VE / VP / sub-VP,
+  data (N(mu, 0.3^2 I_8), 32 samples, log-SNR grid, B(h) = e^h - 1, the Taylor 3M coefficient unless
+  named), ``log2(error(128 steps) / error(256 steps))``, VE / VP / sub-VP,
   including DPM-Solver++(3M) with the reference implementations' coefficient of the second divided
   difference (1 instead of 2).
 * ``pc_variance``: ``sample(method="pc")`` with its defaults (reverse diffusion + Langevin corrector,
@@ -122,7 +123,7 @@ def orders(quick: bool) -> list[dict[str, Any]]:
                     eps=eps,
                     num_steps=steps,
                     lower_order_final=False,
-                    **opts,
+                    **{"grid": "logsnr", "variant": "taylor" if method == "dpmpp" else "bh2", **opts},
                 )
                 errors.append(float((x - exact).square().mean().sqrt()))
             row[name] = math.log2(errors[0] / errors[1])
