@@ -84,6 +84,7 @@ FIXED_STEP = [
     ("dpmpp", "3M, 4 steps", dict(num_steps=4, order=3)),
     ("unipc", "order 3, 4 steps", dict(num_steps=4, order=3)),
     ("sde_dpmpp_2m", "4 steps", dict(num_steps=4)),
+    ("sde_dpmpp_3m", "4 steps", dict(num_steps=4)),
     ("pc", "rd+langevin, 2 steps", dict(num_steps=2, denoise=False)),
     ("sde", "torchsde euler, 3 steps", dict(solver="euler", num_steps=3)),
     ("ode", "torchdiffeq euler, 3 steps", dict(solver="euler", options=dict(step_size=(1 - EPS) / 3))),

@@ -1,11 +1,12 @@
-"""Issue 10: the samplers against exact answers, before and after, and against the peers' published figures.
+"""The samplers against exact answers, and against the peers (k-diffusion, diffusers) when installed.
 
     python benchmarks/bench_solvers.py [--quick] [--out DIR] [--threads N] [--only TABLE,TABLE]
 
 Tables (printed, and written as CSV to ``--out``):
 
 * ``orders``: observed order of every multistep solver on the closed-form probability flow of Gaussian
-  data (N(mu, 0.3^2 I_8), 32 samples), ``log2(error(128 steps) / error(256 steps))``, VE / VP / sub-VP,
+  data (N(mu, 0.3^2 I_8), 32 samples, log-SNR grid, B(h) = e^h - 1, the Taylor 3M coefficient unless
+  named), ``log2(error(128 steps) / error(256 steps))``, VE / VP / sub-VP,
   including DPM-Solver++(3M) with the reference implementations' coefficient of the second divided
   difference (1 instead of 2).
 * ``pc_variance``: ``sample(method="pc")`` with its defaults (reverse diffusion + Langevin corrector,
@@ -21,9 +22,11 @@ Tables (printed, and written as CSV to ``--out``):
   stds 0.05 / 0.1 / 0.3, means uniform in [-1, 1]) for VE (sigma 0.01 -> 50), VP and sub-VP: RMS distance
   to the probability flow solved tightly (dopri5, rtol = atol = 1e-7, float64) from the same 256 prior
   draws, at NFE 5, 8, 10, 15, 20, 25, 35, 50 (heun: NFE 2N - 2, the even NFE at or below; the actual
-  NFE of every run is checked). ``ode_best``: the best diffscore sampler at each NFE, next to the
-  figures of issue 10 (diffscore before; diffusers DPM-Solver++ 3M and k-diffusion DPM++ 2M on the
-  log-SNR grid, VP only).
+  NFE of every run is checked). The first rows are ``ds.sample(..., method=M, num_steps=NFE)`` with no
+  other option (the defaults); then every grid / order / variant; then, when installed, every
+  configuration of k-diffusion's and diffusers' deterministic samplers (benchmarks/peers.py; ``pip
+  install 'diffscore[peers]'``). ``ode_best``: per NFE, the defaults next to the best configuration of
+  each library.
 * ``sde_gap``: every stochastic sampler at NFE 20, 50, 100: the gap ``E_exact log p_eps - E_samples
   log p_eps`` (nats, summed over D = 64; positive = samples less likely than exact draws) with its
   standard error, on the same mixture (``mixture=0.05-0.3``, 4000 samples) and on the mixture with
@@ -31,8 +34,10 @@ Tables (printed, and written as CSV to ``--out``):
   On the first mixture the gap is stratified by component (``sum_k w_k`` of the per-component gaps, with
   the samples assigned by ``oracle.posterior``), because the components' log-densities differ by ~100
   nats and the weights' sampling noise would swamp a plain mean; the largest weight error is reported
-  beside it (``w_err``; binomial s.e. 0.008). ``sde_best``: the best |gap| at each NFE next to issue
-  10's figures (VP).
+  beside it (``w_err``; binomial s.e. 0.008). ``sde_best``: the best |gap| at each NFE.
+* ``sde_peers``: VP, the equal-std mixture, 2000 samples: the stochastic samplers with their default
+  options (method, num_steps, generator) against every configuration of the peers' stochastic samplers;
+  ``sde_peers_best``: the defaults next to each peer's best |gap|, per NFE.
 
 The mixture and every draw are seeded: two runs print the same numbers (timings aside). Mode flips
 dominate the RMS at low NFE: one sample of the 256 in the wrong mode adds about 0.05.
@@ -40,42 +45,25 @@ dominate the RMS at low NFE: one sample of the 256 in the wrong mode adds about 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import peers
 import torch
 from bench_samplers import cli, gen, print_table, write_csv
 
 import diffscore as ds
 from diffscore.oracles import GaussianMixture
-from diffscore.sampling import default_eps
+from diffscore.sampling import GRIDS, default_eps
 from diffscore.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 F64 = torch.float64
 SDES: dict[str, Callable[[], SDE]] = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
 ODE_NFES = (5, 8, 10, 15, 20, 25, 35, 50)
 SDE_NFES = (20, 50, 100)
-
-#: Issue 10's figures (VP, D = 64 mixture, RMS to a tight PF-ODE): NFE -> value.
-PEERS_ODE = {
-    "diffscore before (dpm_solver-3)": {
-        10: 7.2e-2,
-        15: 3.5e-2,
-        20: 1.1e-2,
-        25: 4.9e-3,
-        35: 2.4e-3,
-        50: 9.2e-4,
-    },
-    "diffusers DPM++ 3M logSNR": {10: 3.4e-2, 15: 6.7e-3, 20: 3.6e-3, 25: 2.2e-3, 35: 1.2e-3, 50: 5.8e-4},
-    "k-diffusion dpmpp_2m logSNR": {10: 5.8e-2, 15: 2.9e-2, 20: 3.7e-3, 25: 2.5e-3, 35: 1.5e-3, 50: 8.4e-4},
-}
-#: Issue 10's log-density gaps (VP, nats, s.e. ~0.15): NFE -> value.
-PEERS_SDE = {
-    "diffscore before (best)": {20: 20.6, 50: 9.2, 100: 2.4},
-    "k-diffusion dpmpp_2m_sde": {20: 4.9, 50: 1.4, 100: 0.41},
-}
 
 
 def mixture64(stds: tuple[float, ...] = (0.05, 0.1, 0.3)) -> GaussianMixture:
@@ -101,13 +89,11 @@ def _gaussian_score(sde: SDE, mu: torch.Tensor, cov: torch.Tensor) -> Callable:
 
 
 def orders(quick: bool) -> list[dict[str, Any]]:
-    from diffscore.sampling import multistep
-
     cases = [
         ("dpmpp order 1", "dpmpp", dict(order=1)),
         ("dpmpp order 2 (2M)", "dpmpp", dict(order=2)),
         ("dpmpp order 3 (3M)", "dpmpp", dict(order=3)),
-        ("dpmpp 3M, reference D2 coefficient", "dpmpp-ref", dict(order=3)),
+        ("dpmpp 3M, reference D2 coefficient", "dpmpp", dict(order=3, variant="reference")),
         ("UniP-1 (no corrector)", "unipc", dict(order=1, use_corrector=False)),
         ("UniP-2", "unipc", dict(order=2, use_corrector=False)),
         ("UniP-3", "unipc", dict(order=3, use_corrector=False)),
@@ -127,24 +113,19 @@ def orders(quick: bool) -> list[dict[str, Any]]:
             (a_T, a_e), (s_T, s_e) = sde.marginal_coeffs(torch.tensor([sde.T, eps], dtype=F64))
             exact = a_e * mu + ((a_e**2 * 0.09 + s_e**2) / (a_T**2 * 0.09 + s_T**2)).sqrt() * (x_T - a_T * mu)
             errors = []
-            saved = multistep._D2_COEFFICIENT
-            try:
-                multistep._D2_COEFFICIENT = 1.0 if method == "dpmpp-ref" else saved
-                for steps in (128, 256):
-                    x = ds.sample(
-                        sde,
-                        oracle.score_fn(sde),
-                        x_T.shape,
-                        method.split("-")[0],
-                        x_T=x_T,
-                        eps=eps,
-                        num_steps=steps,
-                        lower_order_final=False,
-                        **opts,
-                    )
-                    errors.append(float((x - exact).square().mean().sqrt()))
-            finally:
-                multistep._D2_COEFFICIENT = saved
+            for steps in (128, 256):
+                x = ds.sample(
+                    sde,
+                    oracle.score_fn(sde),
+                    x_T.shape,
+                    method,
+                    x_T=x_T,
+                    eps=eps,
+                    num_steps=steps,
+                    lower_order_final=False,
+                    **{"grid": "logsnr", "variant": "taylor" if method == "dpmpp" else "bh2", **opts},
+                )
+                errors.append(float((x - exact).square().mean().sqrt()))
             row[name] = math.log2(errors[0] / errors[1])
         rows.append(row)
     return rows
@@ -254,20 +235,23 @@ def controllable_variance(quick: bool) -> list[dict[str, Any]]:
 
 
 def ode_settings(quick: bool) -> list[tuple[str, str, Callable[[int], dict[str, Any]]]]:
-    """(label, method, nfe -> options) of every deterministic sampler."""
+    """(label, method, nfe -> options) of every deterministic sampler, the defaults first."""
     s: list[tuple[str, str, Callable[[int], dict[str, Any]]]] = [
+        (f"{m} defaults", m, lambda n: dict(num_steps=n)) for m in ("unipc", "dpmpp")
+    ]
+    s += [
         ("heun (EDM, Karras grid)", "heun", lambda n: dict(num_steps=n // 2 + 1, denoise=False)),
-        ("dpm_solver-3 fast (before)", "dpm_solver", lambda n: dict(nfe=n, order=3)),
+        ("dpm_solver-3 fast", "dpm_solver", lambda n: dict(nfe=n, order=3)),
         ("dpm_solver-2 fast", "dpm_solver", lambda n: dict(nfe=n, order=2)),
     ]
-    grids = ("logsnr", "time_quadratic") if quick else ("logsnr", "karras", "time_quadratic", "time_uniform")
+    grids = ("logsnr", "time_quadratic") if quick else GRIDS
     for grid in grids:
-        for order in (2, 3):
+        for order, variant in ((2, "taylor"), (3, "taylor"), (3, "reference")):
             s.append(
                 (
-                    f"dpmpp {order}M {grid}",
+                    f"dpmpp {order}M {variant} {grid}" if order == 3 else f"dpmpp 2M {grid}",
                     "dpmpp",
-                    lambda n, o=order, g=grid: dict(num_steps=n, order=o, grid=g),
+                    lambda n, o=order, v=variant, g=grid: dict(num_steps=n, order=o, variant=v, grid=g),
                 )
             )
         for order in (2, 3):
@@ -282,6 +266,22 @@ def ode_settings(quick: bool) -> list[tuple[str, str, Callable[[int], dict[str, 
     return s
 
 
+def peer_ode_settings(sde_name: str) -> list[tuple[str, Callable[..., tuple[torch.Tensor, int]]]]:
+    """(label, run(sde, score, x_T, eps, nfe) -> (x, nfe)) of the installed peers' deterministic samplers."""
+    s: list[tuple[str, Callable[..., tuple[torch.Tensor, int]]]] = []
+    if peers.kdiffusion_sampling() is not None:
+        for name in ("dpmpp_2m", "dpmpp_2m_sde eta=0 heun", "dpmpp_3m_sde eta=0", "lms", "heun"):
+            for grid in peers.K_GRIDS if sde_name == "vp" else peers.K_GRIDS[:2]:
+                s.append((f"k-diffusion {name} {grid}", functools.partial(peers.k_sample, name, grid)))
+    if peers.diffusers_schedulers() is not None:
+        for name in ("DPM++ 2M", "DPM++ 3M", "UniPC-2 bh2", "UniPC-3 bh2", "UniPC-3 bh1"):
+            for grid in peers.D_GRIDS:
+                if grid == "lu_lambdas" and name.startswith("UniPC"):
+                    continue
+                s.append((f"diffusers {name} {grid}", functools.partial(peers.d_sample, name, grid)))
+    return s
+
+
 def ode_rms(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     oracle = mixture64()
     n = 64 if quick else 256
@@ -292,22 +292,48 @@ def ode_rms(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         x_T = sde.prior_sample((n, 64), gen(1), dtype=F64)
         ref = ds.sample(sde, score, x_T.shape, "ode", x_T=x_T, eps=eps, rtol=1e-7, atol=1e-7)
         for label, method, opts in ode_settings(quick):
-            row: dict[str, Any] = dict(sde=name, sampler=label)
+            row: dict[str, Any] = dict(sde=name, library="diffscore", sampler=label)
             for nfe in ODE_NFES:
                 stats: dict[str, Any] = {}
                 x = ds.sample(sde, score, x_T.shape, method, x_T=x_T, eps=eps, stats=stats, **opts(nfe))
                 want = nfe - nfe % 2 if method == "heun" else nfe
                 assert stats["nfe"] == want, (label, nfe, stats)
                 row[f"nfe{nfe}"] = float((x - ref).square().mean().sqrt())
-            rows.append(row)
+            rows.append(dict(row, note=""))
+        for label, run_peer in peer_ode_settings(name):
+            row = dict(sde=name, library=label.split()[0], sampler=label.split(" ", 1)[1])
+            for nfe in ODE_NFES:
+                try:
+                    x, used = run_peer(sde, score, x_T, eps, nfe)
+                except (
+                    ValueError
+                ) as err:  # diffusers: sub-VP's sigma(eps) ~ 1e-4 is 0 in its float32 schedule
+                    row["note"] = str(err)
+                    break
+                assert nfe - 1 <= used <= nfe, (label, nfe, used)  # heun: 2 per step
+                rms = float((x - ref).square().mean().sqrt())
+                row[f"nfe{nfe}"] = rms if math.isfinite(rms) else math.inf
+            rows.append(dict(row, note=row.get("note", "")))
     best: list[dict[str, Any]] = []
     for name in SDES:
         for nfe in ODE_NFES:
-            cands = [(r[f"nfe{nfe}"], r["sampler"]) for r in rows if r["sde"] == name]
-            value, label = min(cands)
-            before = next(r[f"nfe{nfe}"] for r in rows if r["sde"] == name and "before" in r["sampler"])
-            row = dict(sde=name, nfe=nfe, best=value, sampler=label, before_measured=before)
-            row.update({k: v.get(nfe, "") if name == "vp" else "" for k, v in PEERS_ODE.items()})
+            row = dict(sde=name, nfe=nfe)
+            for who, keep in (
+                ("defaults unipc", lambda r: r["sampler"] == "unipc defaults"),
+                ("defaults dpmpp", lambda r: r["sampler"] == "dpmpp defaults"),
+                ("diffscore best", lambda r: r["library"] == "diffscore"),
+                ("k-diffusion best", lambda r: r["library"] == "k-diffusion"),
+                ("diffusers best", lambda r: r["library"] == "diffusers"),
+            ):
+                cands = [
+                    (r[f"nfe{nfe}"], r["sampler"])
+                    for r in rows
+                    if r["sde"] == name and keep(r) and f"nfe{nfe}" in r
+                ]
+                value, label = min(cands) if cands else (math.nan, "no run (not installed, or see note)")
+                row[who] = value
+                if who.endswith("best"):
+                    row[who.replace("best", "config")] = label
             best.append(row)
     return rows, best
 
@@ -329,6 +355,15 @@ def sde_settings(quick: bool) -> list[tuple[str, str, Callable[[int], dict[str, 
         ("logsnr", "time_quadratic") if quick else ("logsnr", "karras", "time_quadratic", "time_uniform")
     ):
         s.append((f"sde_dpmpp_2m {grid}", "sde_dpmpp_2m", lambda n, g=grid: dict(num_steps=n, grid=g)))
+    s.append(
+        (
+            "sde_dpmpp_2m heun, last step first order",
+            "sde_dpmpp_2m",
+            lambda n: dict(num_steps=n, variant="heun", lower_order_final=True),
+        )
+    )
+    s.append(("sde_dpmpp_3m taylor", "sde_dpmpp_3m", lambda n: dict(num_steps=n)))
+    s.append(("sde_dpmpp_3m reference", "sde_dpmpp_3m", lambda n: dict(num_steps=n, variant="reference")))
     return s
 
 
@@ -403,30 +438,85 @@ def sde_gap(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                     if (r["mixture"], r["sde"]) == (mix_name, name) and not math.isnan(r[f"gap{nfe}"])
                 ]
                 _, gap, se, label = min(cands)
-                before = min(
-                    (abs(r[f"gap{nfe}"]), r[f"gap{nfe}"])
-                    for r in rows
-                    if (r["mixture"], r["sde"]) == (mix_name, name)
-                    and not math.isnan(r[f"gap{nfe}"])
-                    and not r["sampler"].startswith("sde_dpmpp")
-                    and "logsnr" not in r["sampler"]
-                )[1]
-                row = dict(
-                    mixture=mix_name,
-                    sde=name,
-                    nfe=nfe,
-                    best_gap=gap,
-                    se=se,
-                    sampler=label,
-                    before_best=before,
-                )
-                peers = name == "vp" and mix_name == "0.05"
-                row.update({k: v[nfe] if peers else "" for k, v in PEERS_SDE.items()})
-                best.append(row)
+                best.append(dict(mixture=mix_name, sde=name, nfe=nfe, best_gap=gap, se=se, sampler=label))
     return rows, best
 
 
-TABLES = ("orders", "pc_variance", "controllable_variance", "ode_rms", "sde_gap")
+def sde_peers(quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The stochastic samplers with their default options against the peers at every configuration.
+
+    VP, the mixture with equal stds 0.05, 2000 samples, plain gap (as ``sde_gap``'s ``mixture=0.05``).
+    diffscore: ``ds.sample(sde, score, shape, method=M, num_steps=NFE, generator=g)`` and nothing else
+    (pc: ``num_steps=NFE / 2``, a predictor and a corrector step each, and ``denoise=False``, so that
+    every sampler is compared at eps).
+    """
+    oracle, n = mixture64((0.05,) * 3), 500 if quick else 2000
+    sde = VPSDE()
+    score, eps = oracle.score_fn(sde), default_eps(sde)
+    draws, labels = oracle.sample(20000, gen(9), sde=sde, t=eps, return_labels=True)
+    exact = dict(logp=oracle.log_prob(draws, sde, eps), labels=labels)
+    x_T = sde.prior_sample((n, 64), gen(2), dtype=F64)
+    runs: list[tuple[str, str, Callable[[int], torch.Tensor]]] = []
+    for method in ("sde_dpmpp_2m", "sde_dpmpp_3m", "pc"):
+        per_nfe, extra = (2, dict(denoise=False)) if method == "pc" else (1, {})  # pc: corrector + predictor
+        runs.append(
+            (
+                "diffscore",
+                f"{method} defaults",
+                lambda nfe, m=method, k=per_nfe, e=extra: ds.sample(
+                    sde, score, x_T.shape, method=m, x_T=x_T, num_steps=nfe // k, generator=gen(3), **e
+                ),
+            )
+        )
+    if peers.kdiffusion_sampling() is not None:
+        for name in ("dpmpp_2m_sde midpoint", "dpmpp_2m_sde heun", "dpmpp_3m_sde"):
+            for grid in peers.K_GRIDS:
+                runs.append(
+                    (
+                        "k-diffusion",
+                        f"{name} {grid}",
+                        lambda nfe, k=name, g=grid: peers.k_sample(k, g, sde, score, x_T, eps, nfe, gen(3))[
+                            0
+                        ],
+                    )
+                )
+    if peers.diffusers_schedulers() is not None:
+        for name in ("SDE-DPM++ 2M midpoint", "SDE-DPM++ 2M heun"):
+            for grid in peers.D_GRIDS:
+                runs.append(
+                    (
+                        "diffusers",
+                        f"{name} {grid}",
+                        lambda nfe, d=name, g=grid: peers.d_sample(d, g, sde, score, x_T, eps, nfe, gen(3))[
+                            0
+                        ],
+                    )
+                )
+    rows: list[dict[str, Any]] = []
+    for library, label, fn in runs:
+        row: dict[str, Any] = dict(library=library, sampler=label)
+        for nfe in SDE_NFES:
+            gap, se, _ = _gap(oracle, sde, eps, fn(nfe), exact, False)
+            row.update({f"gap{nfe}": gap, f"se{nfe}": se})
+        rows.append(row)
+    best: list[dict[str, Any]] = []
+    for nfe in SDE_NFES:
+        row = dict(nfe=nfe)
+        for r in rows:
+            if r["library"] == "diffscore":
+                row[r["sampler"]] = r[f"gap{nfe}"]
+        for library in ("k-diffusion", "diffusers"):
+            cands = [
+                (abs(r[f"gap{nfe}"]), r[f"gap{nfe}"], r["sampler"]) for r in rows if r["library"] == library
+            ]
+            _, gap, label = min(cands) if cands else (0, math.nan, "not installed")
+            row.update({f"{library} best": gap, f"{library} config": label})
+        row["se"] = rows[0][f"se{nfe}"]  # of sde_dpmpp_2m (the peers' best are within 0.01 of it)
+        best.append(row)
+    return rows, best
+
+
+TABLES = ("orders", "pc_variance", "controllable_variance", "ode_rms", "sde_gap", "sde_peers")
 
 
 def run(
@@ -444,6 +534,8 @@ def run(
         tables["ode_rms"], tables["ode_best"] = ode_rms(quick)
     if "sde_gap" in only:
         tables["sde_gap"], tables["sde_best"] = sde_gap(quick)
+    if "sde_peers" in only:
+        tables["sde_peers"], tables["sde_peers_best"] = sde_peers(quick)
     for name, rows in tables.items():
         print_table(name, rows)
         write_csv(out, name, rows)

@@ -148,7 +148,19 @@ def test_bpd_estimator_errors_are_one_line(run, capsys):
 
 
 def test_sample_command_is_seeded(run, tmp_path):
-    common = ["sample", "--model", str(run), "--num", "4", "--rtol", "1e-3", "--atol", "1e-3"]
+    common = [
+        "sample",
+        "--model",
+        str(run),
+        "--num",
+        "4",
+        "--method",
+        "ode",
+        "--rtol",
+        "1e-3",
+        "--atol",
+        "1e-3",
+    ]
     assert main([*common, "--out", str(tmp_path / "a.png")]) == 0
     assert main([*common, "--out", str(tmp_path / "b.png"), "--tensors", str(tmp_path / "b.pt")]) == 0
     assert main([*common, "--out", str(tmp_path / "c.png"), "--seed", "1"]) == 0
@@ -161,6 +173,9 @@ def test_sample_command_is_seeded(run, tmp_path):
     assert main(["sample", "--model", str(run), "--num", "2", "--method", "sde", "--steps", "20",
                  "--out", str(tmp_path / "d.png")]) == 0  # fmt: skip
     assert torch.isfinite(load_file(tmp_path / "d.safetensors")["samples"]).all()
+    # the default sampler: unipc, 20 NFE
+    assert main(["sample", "--model", str(run), "--num", "2", "--out", str(tmp_path / "e.png")]) == 0
+    assert torch.isfinite(load_file(tmp_path / "e.safetensors")["samples"]).all()
 
 
 def test_encode_decode_round_trip_on_real_digits(run, tmp_path):

@@ -57,7 +57,9 @@ def count_syncs(fn) -> int:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-@pytest.mark.parametrize("method", ["heun", "dpm_solver", "dpmpp", "unipc", "sde_dpmpp_2m", "pc"])
+@pytest.mark.parametrize(
+    "method", ["heun", "dpm_solver", "dpmpp", "unipc", "sde_dpmpp_2m", "sde_dpmpp_3m", "pc"]
+)
 def test_no_host_sync_per_step(method):
     sde = ds.VESDE()
     score = oracle("cuda", torch.float32).score_fn(sde)

@@ -19,7 +19,7 @@ from diffscore.sampling import METHODS, annealed_langevin_inpaint, langevin_dyna
 
 F64 = torch.float64
 SDES = {"vp": ds.VPSDE(), "ve": ds.VESDE(), "subvp": ds.SubVPSDE()}
-FIXED_STEP = {"sde", "pc", "heun", "dpm_solver", "dpmpp", "unipc", "sde_dpmpp_2m"}
+FIXED_STEP = {"sde", "pc", "heun", "dpm_solver", "dpmpp", "unipc", "sde_dpmpp_2m", "sde_dpmpp_3m"}
 
 
 def _entry_points(sde, value):
@@ -74,7 +74,7 @@ def test_the_message_names_the_time_of_the_first_implausible_state():
 
     # 10 steps uniform in t: the score first goes wrong at t_5 = 0.4006; the bad state appears at t_5
     # (PC: its corrector step there) or at t_6 = 0.3007 (the multistep solvers' update from t_5)
-    for method in ("pc", "dpmpp", "unipc", "sde_dpmpp_2m"):
+    for method in ("pc", "dpmpp", "unipc", "sde_dpmpp_2m", "sde_dpmpp_3m"):
         with pytest.raises(FloatingPointError, match=r"implausibly large .*state at t = 0\.(4006|3007)"):
             ds.sample(sde, score, (2, 3), method=method, num_steps=10, grid="time_uniform", dtype=F64)
     with pytest.raises(FloatingPointError, match=r"t = 0\.4"):  # the torchsde path checks every call

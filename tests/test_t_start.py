@@ -34,6 +34,7 @@ OPTIONS = {
     "dpmpp": dict(num_steps=20),
     "unipc": dict(num_steps=20),
     "sde_dpmpp_2m": dict(),
+    "sde_dpmpp_3m": dict(),
 }
 
 

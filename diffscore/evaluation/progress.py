@@ -1,9 +1,11 @@
 """Progress of long solves: a tqdm bar that the score function drives, one update per evaluation (NFE).
 
-A solver calls the score once per NFE, whatever the solver is (adaptive ODE, fixed-step SDE, PC), so a
-score wrapped by :meth:`SolveProgress.wrap` reports every solve without any change to the solvers. On
-the CPU the bar also shows the time t reached; on a GPU it shows the NFE only (reading t would make the
-host wait for the device at every evaluation).
+A solver calls the score once per NFE, whatever the solver is (adaptive ODE, fixed-step SDE, PC, the
+multistep samplers), so a score wrapped by :meth:`SolveProgress.wrap` reports every solve without any
+change to the solvers. The postfix shows the NFE of the current solve and, on the CPU, the time t of
+the latest score call (on a GPU reading t would make the host wait for the device), refreshed at most
+ten times a second and after every batch, so that a solve shorter than a tenth of a second still ends
+showing its last NFE and t.
 """
 
 from __future__ import annotations
@@ -31,36 +33,50 @@ class SolveProgress:
 
     def __init__(self, desc: str, total: int | None = None, enabled: bool = True) -> None:
         self.total = total
-        self.nfe = 0
+        self.nfe = 0  # of the current (or the last finished) solve
+        self._solve_done = False
+        self._t: Tensor | None = None  # the time of the latest score call (CPU only)
         self._shown = 0.0
         unit = "NFE" if total is None else "it"
         self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
 
     def wrap(self, score: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """``score`` with every call counted (and shown at most ten times a second)."""
+        """``score`` with every call counted (and shown at most ten times a second, and after each batch)."""
 
         def counted(x: Tensor, t: Any) -> Tensor:
+            if self._solve_done:  # the first call of the next solve
+                self.nfe, self._solve_done = 0, False
             self.nfe += 1
             if self.total is None:
                 self.bar.update(1)
-            now = time.monotonic()
-            if now - self._shown > 0.1 and not self.bar.disable:
-                self._shown = now
-                shown = {"nfe": self.nfe}
-                if isinstance(t, Tensor) and t.device.type == "cpu":
-                    shown["t"] = f"{float(t.reshape(-1)[0]):.4f}"
-                self.bar.set_postfix(shown, refresh=True)
+            if isinstance(t, Tensor) and t.device.type == "cpu":
+                self._t = t
+            if time.monotonic() - self._shown > 0.1:
+                self._show()
             return score(x, t)
 
         return counted
 
+    def _show(self) -> None:
+        """Put the solve's NFE and the latest time t in the bar's postfix."""
+        if self.bar.disable:
+            return
+        self._shown = time.monotonic()
+        shown = {"nfe": self.nfe}
+        if self._t is not None:
+            shown["t"] = f"{float(self._t.reshape(-1)[0]):.4f}"
+        self.bar.set_postfix(shown, refresh=True)
+
     def advance(self, n: int) -> None:
-        """``n`` more items done."""
+        """``n`` more items done by the solve just finished (the postfix shows where it ended)."""
         if self.total is not None:
             self.bar.update(n)
+        self._show()
+        self._solve_done = True
 
     def close(self) -> None:
         """Close the bar."""
+        self._show()
         self.bar.close()
 
     def __enter__(self) -> SolveProgress:

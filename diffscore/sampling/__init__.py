@@ -21,7 +21,7 @@ from .fast import dpm_solver, heun
 from .gate import DEFAULTS, check_inputs, default_eps, default_options
 from .grids import GRIDS, time_grid
 from .langevin import annealed_langevin, annealed_langevin_inpaint, geometric_sigmas, langevin_dynamics
-from .multistep import dpmpp, sde_dpmpp_2m, unipc
+from .multistep import dpmpp, sde_dpmpp_2m, sde_dpmpp_3m, unipc
 from .pc import CORRECTORS, PREDICTORS, pc_sample
 from .solvers import SDE_METHODS, brownian_motion, sample_ode, sample_sde
 
@@ -47,6 +47,7 @@ __all__ = [
     "dpmpp",
     "unipc",
     "sde_dpmpp_2m",
+    "sde_dpmpp_3m",
     "sde_adaptive",
     "GRIDS",
     "time_grid",
@@ -62,6 +63,7 @@ METHODS: dict[str, Callable[..., Tensor]] = {
     "dpmpp": dpmpp,
     "unipc": unipc,
     "sde_dpmpp_2m": sde_dpmpp_2m,
+    "sde_dpmpp_3m": sde_dpmpp_3m,
     "sde_adaptive": sde_adaptive,
 }
 
@@ -87,7 +89,8 @@ def sample(
         shape: (B, *event_shape) of the output.
         method: a key of ``METHODS``: "ode" (torchdiffeq), "sde" (torchsde), "pc" (predictor-corrector),
             "heun" (EDM), "dpm_solver" (singlestep DPM-Solver), "dpmpp" (multistep DPM-Solver++),
-            "unipc" (UniPC), "sde_dpmpp_2m" (SDE-DPM-Solver++(2M)), "sde_adaptive" (adaptive reverse SDE).
+            "unipc" (UniPC; the fastest good sampler, docs/samplers.md), "sde_dpmpp_2m" and
+            "sde_dpmpp_3m" (SDE-DPM-Solver++(2M) and (3M)), "sde_adaptive" (adaptive reverse SDE).
         generator: a torch.Generator, or a list of B of them (sample k then depends on generator k alone).
         x_T: the starting state at ``t_start`` (at T by default), shaped ``shape``; default (only when
             ``t_start`` is T): a prior draw from ``generator``. Its entries must lie strictly inside the
@@ -112,14 +115,15 @@ def sample(
             ints (ValueError); ``dtype`` not a floating-point dtype and ``options["stats"]`` not a dict
             (TypeError); ``eps`` outside [0, T) (or with ``std(eps) = 0`` for "ode", "sde",
             "sde_adaptive", or eps = 0 for the exponential integrators "dpm_solver", "dpmpp", "unipc",
-            "sde_dpmpp_2m"); ``t_start`` outside (eps, T], or below T without ``x_T``; ``x_T`` of the
-            wrong shape, with NaN/inf or with an entry at or beyond the plausible bound (the message
-            names ``x_T`` and the bound); an option the method does not take (TypeError, naming the
-            method's options) or a bad option value: ``num_steps`` (>= 1; >= 2 for "heun"), ``order``
-            (1, 2, 3), ``grid`` (one of ``GRIDS``; "logsnr" and "karras" need sigma(eps) > 0),
-            ``skip_type`` (``DPM_SKIP_TYPES``), both ``num_steps`` and ``nfe`` for "dpm_solver",
-            ``variant``, ``use_corrector``, ``predictor``, ``corrector``, ``snr``, ``n_steps``, ``rho``,
-            tolerances, ``h_init``, ``safety``, ``exponent``, ``norm``, ``max_iters``,
+            "sde_dpmpp_2m", "sde_dpmpp_3m"); ``t_start`` outside (eps, T], or below T without ``x_T``;
+            ``x_T`` of the wrong shape, with NaN/inf or with an entry at or beyond the plausible bound
+            (the message names ``x_T`` and the bound); an option the method does not take (TypeError,
+            naming the method's options) or a bad option value: ``num_steps`` (>= 1; >= 2 for "heun"),
+            ``order`` (1, 2, 3), ``grid`` (one of ``GRIDS``; "logsnr" and "karras" need sigma(eps) >
+            0), ``skip_type`` (``DPM_SKIP_TYPES``), both ``num_steps`` and ``nfe`` for "dpm_solver",
+            ``variant`` (the method's: ``UNIPC_VARIANTS``, ``DPMPP_VARIANTS``, ``SDE_DPMPP_2M_VARIANTS``),
+            ``use_corrector``, ``predictor``, ``corrector``, ``snr``, ``n_steps``, ``rho``, tolerances,
+            ``h_init``, ``safety``, ``exponent``, ``norm``, ``max_iters``,
             ``brownian_memory`` (0 or >= 2), ``solver`` (a torchdiffeq / torchsde method; a fixed-grid
             torchdiffeq ``solver`` needs ``options["step_size"]``); a ``score`` returning a non-tensor
             (TypeError) or a tensor not shaped like the state (ValueError, "score returned shape (...)

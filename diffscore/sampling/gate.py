@@ -12,6 +12,7 @@ samplers), or ``[t_start, eps]`` (the adaptive ones: "ode", "sde", "sde_adaptive
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,14 +38,14 @@ from .._checks import (
     check_stats,
 )
 from ..likelihood import _ode_kwargs
-from ..sde import SDE, VESDE
+from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 from .fast import dpm_solver_orders
 from .grids import check_grid, time_grid
-from .multistep import UNIPC_VARIANTS
+from .multistep import DPMPP_VARIANTS, SDE_DPMPP_2M_VARIANTS, UNIPC_VARIANTS
 from .pc import CORRECTORS, PREDICTORS
 from .solvers import SDE_METHODS
 
-__all__ = ["check_inputs", "default_options", "default_eps", "DEFAULTS", "DPM_SKIP_TYPES"]
+__all__ = ["check_inputs", "default_options", "default_eps", "DEFAULTS", "TUNED", "DPM_SKIP_TYPES"]
 
 #: Each method's options and their defaults, in the order the method's error message lists them.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -70,9 +71,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "heun": dict(num_steps=18, rho=7.0, denoise=True),
     "dpm_solver": dict(num_steps=None, order=3, nfe=None, skip_type="logSNR", denoise=False),
-    "dpmpp": dict(num_steps=20, order=2, grid="logsnr", lower_order_final=None, denoise=False),
+    "dpmpp": dict(
+        num_steps=20, order=2, grid="logsnr", variant="taylor", lower_order_final=None, denoise=False
+    ),
     "unipc": dict(
-        num_steps=10,
+        num_steps=20,
         order=3,
         grid="logsnr",
         variant="bh2",
@@ -80,7 +83,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         lower_order_final=True,
         denoise=False,
     ),
-    "sde_dpmpp_2m": dict(num_steps=50, grid="logsnr", lower_order_final=True, denoise=False),
+    "sde_dpmpp_2m": dict(
+        num_steps=50, grid="logsnr", variant="midpoint", lower_order_final=False, denoise=False
+    ),
+    "sde_dpmpp_3m": dict(
+        num_steps=50, grid="logsnr", variant="taylor", lower_order_final=True, denoise=False
+    ),
     "sde_adaptive": dict(
         rtol=0.01,
         atol=0.0078,
@@ -98,15 +106,57 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 DPM_SKIP_TYPES = {"logSNR": "logsnr", "time_uniform": "time_uniform", "time_quadratic": "time_quadratic"}
 
 
+#: The deterministic multistep samplers' options measured best per SDE and number of steps (RMS to the
+#: tight probability flow on the D = 64 mixture: benchmarks/bench_solvers.py, table ``ode_rms``; the
+#: bands are in docs/samplers.md): (SDE class, method) -> bands ``(largest num_steps, options)``, the
+#: first band that holds ``num_steps`` overriding ``DEFAULTS``.
+TUNED: dict[tuple[type[SDE], str], tuple[tuple[float, dict[str, Any]], ...]] = {
+    (VPSDE, "unipc"): (
+        (12, dict(grid="time_quadratic", order=3, variant="bh2")),
+        (17, dict(grid="logsnr", order=2, variant="bh2")),
+        (22, dict(grid="time_quadratic", order=3, variant="bh2")),
+        (math.inf, dict(grid="time_quadratic", order=3, variant="bh1")),
+    ),
+    (VESDE, "unipc"): (
+        (8, dict(grid="karras", order=3, variant="bh2")),
+        (12, dict(grid="logsnr", order=3, variant="bh2", lower_order_final=False)),
+        (22, dict(grid="time_uniform", order=2, variant="bh2")),
+        (math.inf, dict(grid="time_uniform", order=3, variant="bh2", lower_order_final=False)),
+    ),
+    (SubVPSDE, "unipc"): (
+        (10, dict(grid="time_uniform", order=2, variant="bh2")),
+        (17, dict(grid="time_quadratic", order=1, variant="bh1")),
+        (22, dict(grid="logsnr", order=2, variant="bh2")),
+        (math.inf, dict(grid="time_quadratic", order=3, variant="bh2")),
+    ),
+    (VPSDE, "dpmpp"): (
+        (29, dict(grid="time_quadratic", order=3, variant="taylor", lower_order_final=True)),
+        (math.inf, dict(grid="time_quadratic", order=3, variant="reference", lower_order_final=True)),
+    ),
+    (VESDE, "dpmpp"): (
+        (math.inf, dict(grid="time_uniform", order=3, variant="taylor", lower_order_final=True)),
+    ),
+    (SubVPSDE, "dpmpp"): (
+        (12, dict(grid="time_uniform", order=3, variant="taylor", lower_order_final=True)),
+        (math.inf, dict(grid="time_quadratic", order=3, variant="reference", lower_order_final=True)),
+    ),
+}
+
+
 def default_options(sde: SDE, method: str, num_steps: int | None = None) -> dict[str, Any]:
     """The options ``method`` runs with when the caller gives none, for this SDE and step budget.
 
-    The same for every SDE and step budget (the table ``DEFAULTS``); ``num_steps``, when given,
-    replaces the default number of steps.
+    ``DEFAULTS[method]``, with ``num_steps`` (when given) for the default number of steps, then for
+    "unipc" and "dpmpp" the grid, order, variant and final orders measured best for the SDE at that
+    number of steps (``TUNED``).
     """
     options = dict(DEFAULTS[method])
     if num_steps is not None and "num_steps" in options:
         options["num_steps"] = num_steps
+    n = options.get("num_steps")
+    bands = next((TUNED[cls, method] for cls in type(sde).__mro__ if (cls, method) in TUNED), None)
+    if bands is not None and isinstance(n, int) and not isinstance(n, bool):  # a bad n raises later
+        options.update(next(band for limit, band in bands if n <= limit))
     return options
 
 
@@ -169,7 +219,8 @@ def check_inputs(
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise TypeError(f"method {method!r} has no option {unknown[0]!r}; its options: {', '.join(known)}")
-    ts, own = _GRIDS[method](sde, eps, t_start, {**default_options(sde, method), **options})
+    defaults = default_options(sde, method, options.get("num_steps"))
+    ts, own = _GRIDS[method](sde, eps, t_start, {**defaults, **options})
     return x, ts, stats, own
 
 
@@ -242,7 +293,9 @@ def _dpm_solver(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tupl
     return ts, dict(o, orders=orders)
 
 
-def _multistep(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:
+def _multistep(
+    sde: SDE, eps: float, t_start: float, o: dict[str, Any], variants: tuple[str, ...]
+) -> tuple[Tensor, dict[str, Any]]:
     n = check_int("num_steps", o.pop("num_steps"), 1)
     grid = check_grid(o.pop("grid"), sde, eps)
     if not float(sde.var(torch.tensor([eps], dtype=torch.float64))[0]) > 0:
@@ -251,8 +304,7 @@ def _multistep(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple
         )
     if "order" in o:
         _check_order(o["order"])
-    if "variant" in o:
-        check_choice("variant", o["variant"], UNIPC_VARIANTS)
+    check_choice("variant", o["variant"], variants)
     if "use_corrector" in o and not isinstance(o["use_corrector"], bool):
         raise TypeError(f"use_corrector must be True or False, got {o['use_corrector']!r}")
     if o["lower_order_final"] is None:  # dpmpp: the papers' code lowers the final orders below 15 steps
@@ -280,8 +332,9 @@ _GRIDS: dict[str, Callable[[SDE, float, float, dict[str, Any]], tuple[Tensor, di
     "pc": _pc,
     "heun": _heun,
     "dpm_solver": _dpm_solver,
-    "dpmpp": _multistep,
-    "unipc": _multistep,
-    "sde_dpmpp_2m": _multistep,
+    "dpmpp": functools.partial(_multistep, variants=tuple(DPMPP_VARIANTS)),
+    "unipc": functools.partial(_multistep, variants=UNIPC_VARIANTS),
+    "sde_dpmpp_2m": functools.partial(_multistep, variants=SDE_DPMPP_2M_VARIANTS),
+    "sde_dpmpp_3m": functools.partial(_multistep, variants=tuple(DPMPP_VARIANTS)),
     "sde_adaptive": _sde_adaptive,
 }

@@ -1,7 +1,8 @@
-"""Multistep exponential integrators in data prediction: DPM-Solver++(2M, 3M), UniPC, SDE-DPM-Solver++(2M).
+"""Multistep exponential integrators in data prediction: DPM-Solver++(2M, 3M), UniPC and their SDE forms.
 
 Sources: Lu et al. 2022b, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
-Models" (Algorithm 2, multistep DPM-Solver++(2M); the SDE solvers of its Sec. 5 / App. B); Lu et al.
+Models" (Algorithm 2, multistep DPM-Solver++(2M); SDE-DPM-Solver++(2M) of its Sec. 5; the 3M SDE solver
+as in k-diffusion's ``sample_dpmpp_3m_sde``); Lu et al.
 2022, "DPM-Solver" (the exponential-integrator expansion, Sec. 3); Zhao et al. 2023, "UniPC: A Unified
 Predictor-Corrector Framework for Fast Sampling of Diffusion Models" (Algorithms 2-3, the B(h) variants).
 
@@ -34,15 +35,27 @@ from .._checks import CheckedScore, FiniteMonitor, Generator, randn, state_limit
 from ..score import ScoreFn
 from ..sde import SDE
 
-__all__ = ["dpmpp", "unipc", "sde_dpmpp_2m", "UNIPC_VARIANTS", "dpmpp_orders"]
+__all__ = [
+    "dpmpp",
+    "unipc",
+    "sde_dpmpp_2m",
+    "sde_dpmpp_3m",
+    "DPMPP_VARIANTS",
+    "UNIPC_VARIANTS",
+    "SDE_DPMPP_2M_VARIANTS",
+    "dpmpp_orders",
+]
 
-#: The factor of the second divided difference in the 3M step: 2, the Taylor coefficient
-#: (``int_0^h e^{-(h-u)} u^2 du = -2 h^2 phi_3``); the reference implementations use 1 (``dpmpp``'s
-#: docstring). A module constant so that the order benchmark can measure both.
-_D2_COEFFICIENT = 2.0
+#: The factor of the second divided difference in the 3M step, by ``variant``: "taylor" 2, the Taylor
+#: coefficient (``int_0^h e^{-(h-u)} u^2 du = -2 h^2 phi_3``); "reference" 1, that of the reference
+#: implementations (dpm-solver, diffusers, k-diffusion). ``dpmpp``'s docstring says when each wins.
+DPMPP_VARIANTS = {"taylor": 2.0, "reference": 1.0}
 
 #: B(h) of UniPC (Zhao et al. 2023, Sec. 3.3): "bh1" B(h) = h, "bh2" B(h) = e^h - 1 (in their signs).
 UNIPC_VARIANTS = ("bh1", "bh2")
+
+#: The second-order terms of SDE-DPM-Solver++(2M) (``sde_dpmpp_2m``'s docstring).
+SDE_DPMPP_2M_VARIANTS = ("midpoint", "heun")
 
 
 class _Grid:
@@ -113,6 +126,7 @@ def dpmpp(
     generator: Generator = None,
     stats: dict[str, Any] | None = None,
     order: int,
+    variant: str,
     lower_order_final: bool,
     denoise: bool,
 ) -> Tensor:
@@ -125,14 +139,14 @@ def dpmpp(
     * order 2 (2M, Algorithm 2): the same with ``m_{i-1}`` replaced by
       ``D = (1 + 1/(2r)) m_{i-1} - 1/(2r) m_{i-2}``;
     * order 3 (3M): ``x_i = (sigma_i / sigma_{i-1}) x_{i-1} - alpha_i phi_1 m_{i-1} + alpha_i phi_2 D1
-      - 2 alpha_i phi_3 D2``, where ``D1 ~ h m'`` and ``D2 ~ h^2 m'' / 2`` are the divided differences of
+      - c alpha_i phi_3 D2``, where ``D1 ~ h m'`` and ``D2 ~ h^2 m'' / 2`` are the divided differences of
       the last three model values (``r0 = h_{i-1} / h_i``, ``r1 = h_{i-2} / h_i``,
       ``D1_0 = (m_{i-1} - m_{i-2}) / r0``, ``D1_1 = (m_{i-2} - m_{i-3}) / r1``,
-      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``). The factor 2 on
-      the last term is the Taylor coefficient (``int e^{-(h-u)} u^2 du = -2 h^2 phi_3``); the reference
-      implementations (dpm-solver, diffusers, k-diffusion) use 1, which leaves a local error of order
-      h^3 and makes their 3M second order (measured: table ``orders`` of benchmarks/bench_solvers.py,
-      2.0 against 3.8-4.0; tests/test_multistep.py).
+      ``D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1)``, ``D2 = (D1_0 - D1_1) / (r0 + r1)``). ``variant``
+      "taylor": c = 2, the Taylor coefficient (``int e^{-(h-u)} u^2 du = -2 h^2 phi_3``), third order
+      (4 on Gaussian data); "reference": c = 1, the reference implementations' (dpm-solver, diffusers,
+      k-diffusion), which leaves a local error of order h^3 (second order) but extrapolates half the
+      curvature, which is the smaller error where the steps are long in lambda (docs/samplers.md).
 
     Warm-up: the first steps use the orders the available history allows (1, then 2, ...). With
     ``lower_order_final`` (default: on for fewer than 15 steps, the papers' code) the final steps drop
@@ -146,6 +160,7 @@ def dpmpp(
         generator: unused (deterministic given ``x``).
         stats: optional dict that receives ``nfe``.
         order: 1, 2 or 3.
+        variant: the 3M coefficient, "taylor" or "reference" (above).
         lower_order_final: see above (:func:`~diffscore.sample`'s default: ``num_steps < 15``).
         denoise: add the Tweedie step ``m(x, eps)`` at the end (one more NFE; output at t = 0).
 
@@ -154,6 +169,7 @@ def dpmpp(
     """
     g = _Grid(sde, ts, x)
     n = len(g.h)
+    d2_weight = DPMPP_VARIANTS[variant]
     model = _DataPrediction(score, g)
     monitor = FiniteMonitor("state", state_limit(sde.prior_std))
     orders = dpmpp_orders(n, order, lower_order_final)
@@ -174,7 +190,7 @@ def dpmpp(
             d1_1 = (ms[-2] - ms[-3]).div_(r1)
             diff = d1_0 - d1_1
             x.add_(d1_0, alpha=a_t * phi2).add_(diff, alpha=a_t * phi2 * r0 / (r0 + r1))  # alpha phi_2 D1
-            x.add_(diff, alpha=-_D2_COEFFICIENT * a_t * phi3 / (r0 + r1))  # -2 alpha phi_3 D2
+            x.add_(diff, alpha=-d2_weight * a_t * phi3 / (r0 + r1))  # -c alpha phi_3 D2
         monitor.update(x, i)
         if i < n:  # the last model value is never needed
             ms.append(model(x, i))
@@ -308,37 +324,35 @@ def sde_dpmpp_2m(
     *,
     generator: Generator = None,
     stats: dict[str, Any] | None = None,
+    variant: str,
     lower_order_final: bool,
     denoise: bool,
 ) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5): a second-order multistep solver of the reverse SDE.
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, Sec. 5, eq. (18) and App. B): a multistep reverse-SDE solver.
 
     The reverse SDE in lambda, written for the data prediction m, has the exact solution
 
         x_t = (sigma_t / sigma_s) e^{-h} x_s + 2 alpha_t int_0^h e^{-2(h - u)} m(lambda_s + u) du
-              + sigma_t sqrt(1 - e^{-2h}) z,      z ~ N(0, I),
+              + sigma_t sqrt(1 - e^{-2h}) z,      z ~ N(0, I)
 
-    (the noise term is exact: a Gaussian integral of the Brownian motion). With m linear in u through
-    the last two model values (``m' ~ (m_{i-1} - m_{i-2}) / h_{i-1}``):
+    (the noise term is exact: a Gaussian integral of the Brownian motion). Step i, with
+    ``r = h_{i-1} / h_i``, replaces m by a combination of the last two model values:
 
-        x_i = (sigma_i / sigma_{i-1}) e^{-h} x_{i-1} + alpha_i (1 - e^{-2h}) m_{i-1}
-              + alpha_i (h - (1 - e^{-2h}) / 2) (m_{i-1} - m_{i-2}) / h_{i-1} + sigma_i sqrt(1 - e^{-2h}) z
+        x_i = (sigma_i / sigma_{i-1}) e^{-h} x_{i-1} + alpha_i (1 - e^{-2h}) D + sigma_i sqrt(1 - e^{-2h}) z,
 
-    (``int_0^h 2 e^{-2(h-u)} u du = h - (1 - e^{-2h}) / 2``; k-diffusion calls this coefficient its
-    "heun" type). The first step is first order (SDE-DPM-Solver-1++, DDPM's ancestral step). One NFE per
-    step.
+    * "midpoint" (the paper's): ``D = (1 + 1/(2r)) m_{i-1} - 1/(2r) m_{i-2}``;
+    * "heun": m linear in u, integrated exactly: ``D = m_{i-1} + (h - (1 - e^{-2h}) / 2) /
+      ((1 - e^{-2h}) h_{i-1}) (m_{i-1} - m_{i-2})`` (k-diffusion's name for it).
 
-    Along a stochastic path m is not smooth: ``m_{i-1} - m_{i-2}`` carries the noise injected one step
-    earlier, and the correction multiplies it by about ``h_i^2 / h_{i-1}``. With ``lower_order_final``
-    (default) the last step is first order: on grids whose last step is long (uniform in t for VP) the
-    correction would amplify that noise (the papers' code also ends with a first-order step for few
-    steps; the log-density gaps of table ``sde_gap`` of benchmarks/bench_solvers.py are with it).
+    The first step is first order (SDE-DPM-Solver-1++, ``D = m_{i-1}``); with ``lower_order_final`` the
+    last one too. One NFE per step.
 
     Args:
         sde, score, x, ts, stats, denoise: as in :func:`dpmpp`.
         generator: the noise: a torch.Generator, or a list of B of them (sample k then depends on
             generator k alone, so it equals its solo run).
-        lower_order_final: make the last step first order (above).
+        variant: "midpoint" or "heun" (above).
+        lower_order_final: make the last step first order.
 
     Returns:
         Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
@@ -352,11 +366,79 @@ def sde_dpmpp_2m(
         h = g.h[i - 1]
         m = model(x, i - 1)
         one_m = -math.expm1(-2 * h)  # 1 - e^{-2h}
+        if m_prev is None or (lower_order_final and i == n):
+            d = m
+        elif variant == "midpoint":
+            d = torch.add(m, m - m_prev, alpha=h / (2 * g.h[i - 2]))  # (1 + 1/(2r)) m_{i-1} - 1/(2r) m_{i-2}
+        else:
+            d = torch.add(m, m - m_prev, alpha=(h - one_m / 2) / (one_m * g.h[i - 2]))
         z = randn(x.shape, generator, x.device, x.dtype)
-        x = torch.mul(x, g.std[i] / g.std[i - 1] * math.exp(-h)).add_(m, alpha=g.alpha[i] * one_m)
-        if m_prev is not None and not (lower_order_final and i == n):
-            x.add_(m - m_prev, alpha=g.alpha[i] * (h - one_m / 2) / g.h[i - 2])
+        x = torch.mul(x, g.std[i] / g.std[i - 1] * math.exp(-h)).add_(d, alpha=g.alpha[i] * one_m)
         x.add_(z, alpha=g.std[i] * math.sqrt(one_m))
         m_prev = m
+        monitor.update(x, i)
+    return _finish(x, g, model, denoise, monitor, n, stats)
+
+
+@torch.no_grad()
+def sde_dpmpp_3m(
+    sde: SDE,
+    score: ScoreFn,
+    x: Tensor,
+    ts: Tensor,
+    *,
+    generator: Generator = None,
+    stats: dict[str, Any] | None = None,
+    variant: str,
+    lower_order_final: bool,
+    denoise: bool,
+) -> Tensor:
+    """SDE-DPM-Solver++(3M): the third-order multistep solver of the reverse SDE.
+
+    The exact solution of :func:`sde_dpmpp_2m` with m expanded to second order in u, through the divided
+    differences ``D1 ~ h m'`` and ``D2 ~ h^2 m'' / 2`` of the last three model values (as in
+    :func:`dpmpp`'s 3M step). The integrals are those of the probability flow at ``2h``:
+    ``int_0^h 2 e^{-2(h-u)} (1, u, u^2/2) du = (-phi_1(2h), h phi_2(2h), -h^2 phi_3(2h))`` with the
+    ``phi_k`` of the module docstring, so
+
+        x_i = (sigma_i / sigma_{i-1}) e^{-h} x_{i-1} - alpha_i phi_1 m_{i-1} + alpha_i phi_2 D1
+              - c alpha_i phi_3 D2 + sigma_i sqrt(-phi_1) z,      phi_k = phi_k(2h),
+
+    with ``c = 2`` ("taylor") or ``c = 1`` ("reference": k-diffusion's ``sample_dpmpp_3m_sde``, which it
+    matches to round-off on the same grid and noise). Warm-up: first order, then second order
+    (``D1 = (m_{i-1} - m_{i-2}) / r``); with ``lower_order_final`` the last two steps drop to orders 2
+    and 1. One NFE per step.
+
+    Args:
+        sde, score, x, ts, stats, denoise: as in :func:`dpmpp`; generator as in :func:`sde_dpmpp_2m`.
+        variant: "taylor" or "reference" (above).
+        lower_order_final: lower the orders of the final steps.
+
+    Returns:
+        Samples shaped like ``x`` at t = eps (or t = 0 with ``denoise``).
+    """
+    g = _Grid(sde, ts, x)
+    n = len(g.h)
+    model = _DataPrediction(score, g)
+    monitor = FiniteMonitor("state", state_limit(sde.prior_std))
+    orders = dpmpp_orders(n, 3, lower_order_final)
+    c = DPMPP_VARIANTS[variant]
+    ms: list[Tensor] = []  # ms[-1] = m_{i-1}, ms[-2] = m_{i-2}, ...
+    for i in range(1, n + 1):
+        o, h = orders[i - 1], g.h[i - 1]
+        ms = [*ms[-2:], model(x, i - 1)]
+        phi1 = math.expm1(-2 * h)
+        phi2 = phi1 / (2 * h) + 1
+        phi3 = phi2 / (2 * h) - 0.5
+        x = torch.mul(x, g.std[i] / g.std[i - 1] * math.exp(-h)).add_(ms[-1], alpha=-g.alpha[i] * phi1)
+        if o == 2:  # D1 = (m_{i-1} - m_{i-2}) / r
+            x.add_(ms[-1] - ms[-2], alpha=g.alpha[i] * phi2 * h / g.h[i - 2])
+        elif o == 3:
+            r0, r1 = g.h[i - 2] / h, g.h[i - 3] / h
+            d1_0, d1_1 = (ms[-1] - ms[-2]).div_(r0), (ms[-2] - ms[-3]).div_(r1)
+            diff = d1_0 - d1_1  # D1 = d1_0 + r0 / (r0 + r1) diff, D2 = diff / (r0 + r1)
+            x.add_(d1_0, alpha=g.alpha[i] * phi2).add_(diff, alpha=g.alpha[i] * phi2 * r0 / (r0 + r1))
+            x.add_(diff, alpha=-c * g.alpha[i] * phi3 / (r0 + r1))
+        x.add_(randn(x.shape, generator, x.device, x.dtype), alpha=g.std[i] * math.sqrt(-phi1))
         monitor.update(x, i)
     return _finish(x, g, model, denoise, monitor, n, stats)
