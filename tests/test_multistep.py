@@ -74,6 +74,31 @@ def test_grids_run_from_T_to_eps_and_their_derivative_is_exact(sde, grid):
         torch.testing.assert_close(std / alpha, torch.tensor(want, dtype=F64), rtol=1e-9, atol=0)
 
 
+@pytest.mark.parametrize("power", [0.85, 1.0, 1.5])
+def test_time_power_grid_is_its_closed_form(sde, power):
+    # t_k = eps + (T - eps) (1 - k / N)^power: ends exact, decreasing, and (t_k - eps) / (T - eps) has
+    # log-slope `power` in (1 - k / N); float64 round-off ~1e-15, tolerance 1e-12
+    eps, n = default_eps(sde), 16
+    t = time_grid(sde, eps, n, "time_power", torch.zeros((), dtype=F64), power=power)
+    assert float(t[0]) == sde.T and float(t[-1]) == eps and bool((t[1:] < t[:-1]).all())
+    v = 1 - torch.arange(n + 1, dtype=F64) / n
+    torch.testing.assert_close(t, eps + (sde.T - eps) * v**power, rtol=1e-12, atol=0)
+    ratio = ((t[1:-1] - eps) / (sde.T - eps)).log() / v[1:-1].log()
+    torch.testing.assert_close(ratio, torch.full_like(ratio, power), rtol=1e-9, atol=0)
+    if power == 1.0:  # the uniform grid
+        torch.testing.assert_close(t, time_grid(sde, eps, n, "time_uniform"), rtol=1e-12, atol=1e-15)
+    # the sampler's option reaches the grid: power 0.85 differs from the uniform grid, both run 16 steps
+    score, x_T, eps, _ = gaussian_case(sde)
+    stats = {}
+    a = run("unipc", sde, score, x_T, eps, num_steps=n, grid="time_power", power=power, stats=stats)
+    b = run("unipc", sde, score, x_T, eps, num_steps=n, grid="time_uniform")
+    assert stats["nfe"] == n
+    if power == 1.0:  # the same grid to round-off (~1e-16), and the same samples
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    else:  # a different grid: the 16-step errors differ by far more than round-off
+        assert float((a - b).abs().max()) > 1e-6
+
+
 # ---- orders on the closed-form Gaussian flow ------------------------------------------------------------
 
 # (sampler, options, expected order). UniPC's corrector raises the predictor's order by one. The
@@ -253,6 +278,12 @@ def test_sde_dpmpp_2m_per_sample_generators_and_bad_arguments():
         torch.testing.assert_close(full[1:2], alone, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="grid"):
         run("sde_dpmpp_2m", sde, score, x_T, 1e-3, num_steps=3, grid="cosine")
+    with pytest.raises(ValueError, match="power must be finite and > 0"):
+        run("unipc", sde, score, x_T, 1e-3, grid="time_power", power=0.0)
+    with pytest.raises(TypeError, match="power"):
+        run("dpmpp", sde, score, x_T, 1e-3, grid="time_power", power=True)
+    with pytest.raises(ValueError, match="grid must be one of"):  # pc has no power option
+        ds.sample(sde, score, x_T.shape, "pc", x_T=x_T, grid="time_power")
     with pytest.raises(ValueError, match="eps"):
         run("dpmpp", sde, score, x_T, 0.0)  # std(0) = 0: lambda is infinite
     with pytest.raises(ValueError, match="order"):

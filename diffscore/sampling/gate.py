@@ -40,7 +40,7 @@ from .._checks import (
 from ..likelihood import _ode_kwargs
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 from .fast import dpm_solver_orders
-from .grids import check_grid, time_grid
+from .grids import PLAIN_GRIDS, check_grid, time_grid
 from .multistep import DPMPP_VARIANTS, SDE_DPMPP_2M_VARIANTS, UNIPC_VARIANTS
 from .pc import CORRECTORS, PREDICTORS
 from .solvers import SDE_METHODS
@@ -72,22 +72,29 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "heun": dict(num_steps=18, rho=7.0, denoise=True),
     "dpm_solver": dict(num_steps=None, order=3, nfe=None, skip_type="logSNR", denoise=False),
     "dpmpp": dict(
-        num_steps=20, order=2, grid="logsnr", variant="taylor", lower_order_final=None, denoise=False
+        num_steps=20,
+        order=2,
+        grid="logsnr",
+        power=1.0,
+        variant="taylor",
+        lower_order_final=None,
+        denoise=False,
     ),
     "unipc": dict(
         num_steps=20,
         order=3,
         grid="logsnr",
+        power=1.0,
         variant="bh2",
         use_corrector=True,
         lower_order_final=True,
         denoise=False,
     ),
     "sde_dpmpp_2m": dict(
-        num_steps=50, grid="logsnr", variant="midpoint", lower_order_final=False, denoise=False
+        num_steps=50, grid="logsnr", power=1.0, variant="midpoint", lower_order_final=False, denoise=False
     ),
     "sde_dpmpp_3m": dict(
-        num_steps=50, grid="logsnr", variant="taylor", lower_order_final=True, denoise=False
+        num_steps=50, grid="logsnr", power=1.0, variant="taylor", lower_order_final=True, denoise=False
     ),
     "sde_adaptive": dict(
         rtol=0.01,
@@ -120,8 +127,8 @@ TUNED: dict[tuple[type[SDE], str], tuple[tuple[float, dict[str, Any]], ...]] = {
     (VESDE, "unipc"): (
         (8, dict(grid="karras", order=3, variant="bh2")),
         (12, dict(grid="logsnr", order=3, variant="bh2", lower_order_final=False)),
-        (22, dict(grid="time_uniform", order=2, variant="bh2")),
-        (math.inf, dict(grid="time_uniform", order=3, variant="bh2", lower_order_final=False)),
+        (19, dict(grid="time_power", power=1.02, order=2, variant="bh2")),
+        (math.inf, dict(grid="time_power", power=0.85, order=3, variant="bh2")),
     ),
     (SubVPSDE, "unipc"): (
         (10, dict(grid="time_uniform", order=2, variant="bh2")),
@@ -255,7 +262,7 @@ def _sde(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tenso
     check_positive("rtol", o["rtol"])
     check_positive("atol", o["atol"])
     eps = check_solve_eps(sde, eps)
-    check_grid(o["grid"], sde, eps)
+    check_grid(o["grid"], sde, eps, PLAIN_GRIDS)
     return _ends(t_start, eps), o
 
 
@@ -265,7 +272,7 @@ def _pc(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tensor
     check_positive("snr", o["snr"])
     n = check_count("num_steps", o.pop("num_steps"), 1)
     check_count("n_steps", o["n_steps"], 0)
-    grid = check_grid(o.pop("grid"), sde, eps)
+    grid = check_grid(o.pop("grid"), sde, eps, PLAIN_GRIDS)
     return time_grid(sde, eps, n, grid, t_start=t_start), o
 
 
@@ -298,6 +305,7 @@ def _multistep(
 ) -> tuple[Tensor, dict[str, Any]]:
     n = check_int("num_steps", o.pop("num_steps"), 1)
     grid = check_grid(o.pop("grid"), sde, eps)
+    power = check_positive("power", o.pop("power"))
     if not float(sde.var(torch.tensor([eps], dtype=torch.float64))[0]) > 0:
         raise ValueError(
             f"eps = {eps} is where std(t) = 0 and lambda = +inf: the exponential integrators need eps > 0"
@@ -310,7 +318,7 @@ def _multistep(
     if o["lower_order_final"] is None:  # dpmpp: the papers' code lowers the final orders below 15 steps
         o["lower_order_final"] = n < 15
     o["lower_order_final"] = bool(o["lower_order_final"])
-    return time_grid(sde, eps, n, grid, t_start=t_start), o
+    return time_grid(sde, eps, n, grid, t_start=t_start, power=power), o
 
 
 def _sde_adaptive(sde: SDE, eps: float, t_start: float, o: dict[str, Any]) -> tuple[Tensor, dict[str, Any]]:

@@ -11,7 +11,9 @@ Lu et al. 2022, halved):
   2022, Sec. 3.3, "logSNR"; k-diffusion's ``get_sigmas_exponential``);
 * ``"karras"``: ``sigma(t(u)) = (sigma(T)^(1/rho) + u (sigma(eps)^(1/rho) - sigma(T)^(1/rho)))^rho``,
   rho = 7 by default (Karras et al. 2022, eq. 5; EDM's ``heun`` samples on it);
-* ``"time_quadratic"``: ``sqrt(t)`` uniform (Lu et al. 2022's "time_quadratic").
+* ``"time_quadratic"``: ``sqrt(t)`` uniform (Lu et al. 2022's "time_quadratic");
+* ``"time_power"``: ``t(u) = eps + (T - eps) (1 - u)^power``; ``power = 1`` is ``"time_uniform"``,
+  ``power > 1`` puts more of the steps near eps, ``power < 1`` more near T.
 
 The map's derivative ``dt/du`` is closed-form for every SDE, because ``d lambda / dt = -g(t)^2 /
 (2 std(t)^2)`` (from ``d std^2 / dt = 2 f std^2 + g^2`` and ``d log alpha / dt = f``). It lets an SDE
@@ -26,23 +28,26 @@ from torch import Tensor
 from .._checks import check_choice
 from ..sde import SDE
 
-__all__ = ["GRIDS", "time_grid", "grid_time", "check_grid", "lambda_of"]
+__all__ = ["GRIDS", "PLAIN_GRIDS", "time_grid", "grid_time", "check_grid", "lambda_of"]
 
 #: Names of the time grids.
-GRIDS = ("time_uniform", "logsnr", "karras", "time_quadratic")
+GRIDS = ("time_uniform", "logsnr", "karras", "time_quadratic", "time_power")
+
+#: The grids of the methods without a ``power`` option ("pc", "sde"): all but "time_power".
+PLAIN_GRIDS = GRIDS[:-1]
 
 #: Karras et al. 2022's exponent of the sigma grid.
 RHO = 7.0
 
 
-def check_grid(grid: str, sde: SDE, eps: float) -> str:
+def check_grid(grid: str, sde: SDE, eps: float, choices: tuple[str, ...] = GRIDS) -> str:
     """Validate ``grid`` for a solve from T to ``eps``.
 
     Raises:
-        ValueError: ``grid`` not in ``GRIDS``; a log-SNR or Karras grid to a time where sigma = 0
-            (eps = 0 with a kernel whose std vanishes at t = 0: lambda is infinite there).
+        ValueError: ``grid`` not in ``choices`` (default ``GRIDS``); a log-SNR or Karras grid to a time
+            where sigma = 0 (eps = 0 with a kernel whose std vanishes at t = 0: lambda is infinite there).
     """
-    check_choice("grid", grid, GRIDS)
+    check_choice("grid", grid, choices)
     if grid in ("logsnr", "karras"):
         alpha, std = sde.alpha_std(torch.tensor([float(eps)], dtype=torch.float64))
         if not float(std[0] / alpha[0]) > 0:
@@ -60,12 +65,18 @@ def _ends(sde: SDE, t_start: float, eps: float, like: Tensor) -> tuple[Tensor, T
 
 
 def grid_time(
-    sde: SDE, eps: float, grid: str, u: Tensor, t_start: float | None = None, rho: float = RHO
+    sde: SDE,
+    eps: float,
+    grid: str,
+    u: Tensor,
+    t_start: float | None = None,
+    rho: float = RHO,
+    power: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """The grid's time map at ``u`` in [0, 1]: ``(t(u), dt/du)``, both shaped like ``u``.
 
     ``dt/du`` is negative (time decreases from ``t_start``, default T, to eps). See the module docstring
-    for the maps.
+    for the maps; ``rho`` is the Karras grid's exponent, ``power`` the time-power grid's.
     """
     ends, sig = _ends(sde, sde.T if t_start is None else t_start, eps, u)
     T, e = ends[0], ends[1]
@@ -75,6 +86,8 @@ def grid_time(
         a, b = T.sqrt(), e.sqrt()
         r = a + u * (b - a)
         return r.square(), 2 * r * (b - a)
+    if grid == "time_power":
+        return e + (T - e) * (1 - u) ** power, -power * (T - e) * (1 - u) ** (power - 1)
     if grid == "logsnr":
         lam = -sig.log()
         lam_u = lam[0] + u * (lam[1] - lam[0])
@@ -99,12 +112,13 @@ def time_grid(
     like: Tensor | None = None,
     t_start: float | None = None,
     rho: float = RHO,
+    power: float = 1.0,
 ) -> Tensor:
     """(num_steps + 1,) decreasing times ``t(k / N)`` from ``t_start`` (default T) to eps.
 
     On ``like``'s device and dtype (default: float64 on the host, what the samplers take). Both ends are
     exact (``t_start`` and ``eps`` as given). ``grid`` is one of ``GRIDS`` (validate it with
-    :func:`check_grid` first); ``rho`` is the Karras grid's exponent.
+    :func:`check_grid` first); ``rho`` is the Karras grid's exponent, ``power`` the time-power grid's.
     """
     t0 = sde.T if t_start is None else float(t_start)
     if grid == "time_uniform":  # on the host in float64: t_k = t0 - (t0 - eps) k / N
@@ -113,7 +127,7 @@ def time_grid(
         return t if like is None else t.to(dtype=like.dtype, device=like.device)
     like = torch.zeros((), dtype=torch.float64) if like is None else like
     u = torch.arange(num_steps + 1, dtype=like.dtype, device=like.device) / num_steps
-    t, _ = grid_time(sde, eps, grid, u, t0, rho)
+    t, _ = grid_time(sde, eps, grid, u, t0, rho, power)
     t[0], t[-1] = t0, float(eps)
     # clamp the round-off of the inverse maps into [eps, t_start] (the ends are exact above)
     return t.clamp(min=float(eps), max=t0) if num_steps > 1 else t
