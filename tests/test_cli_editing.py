@@ -20,6 +20,7 @@ TINY = [
     "quality_samples=0",
     "net_options.hidden=32",
     "net_options.depth=1",
+    "bound_model=null",
 ]
 
 

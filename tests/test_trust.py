@@ -46,6 +46,7 @@ TINY = [
     "num_samples=4",
     "quality_samples=0",
     "sample_options.num_steps=5",
+    "bound_model=null",  # the likelihood model beside the sample model: its own tests in test_cli.py
 ]
 
 
