@@ -28,6 +28,7 @@ from ._checks import (
     check_data,
     check_data_range,
     check_float_dtype,
+    check_instance,
     check_int,
     check_latent,
     check_positive,
@@ -204,6 +205,7 @@ def encode(
             solve (the message names the time); :class:`~diffscore._checks.StepSizeUnderflowError` when
             an adaptive step size underflows.
     """
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_stats(stats)
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
@@ -241,6 +243,7 @@ def decode(
         ValueError / TypeError: bad ``z`` (non-float, NaN/inf, empty, or an entry at or beyond the
             plausible bound; the message names ``z`` and the bound), and the errors of :func:`encode`.
     """
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_stats(stats)
     check_latent("z", z, sde.prior_std)
     eps = check_solve_eps(sde, eps)
@@ -320,6 +323,7 @@ def log_likelihood(
         FloatingPointError: a non-finite or implausibly large score, state or divergence during the solve
             (names the time); :class:`~diffscore._checks.StepSizeUnderflowError` as in :func:`encode`.
     """
+    check_instance("sde", sde, SDE, "a diffscore SDE")
     check_data("x", x)
     eps = check_solve_eps(sde, eps)
     check_choice("divergence", divergence, DIVERGENCES)

@@ -297,6 +297,10 @@ def test_bad_arguments_raise(make_mixture):
         ds.encode(sde, score, x, eps=2.0)
     with pytest.raises(ValueError, match="method"):
         ds.decode(sde, score, x, method="nope")
+    # a name instead of an SDE: a TypeError naming sde, not an AttributeError from inside
+    for entry, data in [(ds.encode, x), (ds.decode, x), (ll, x), (ds.bits_per_dim, torch.zeros_like(x))]:
+        with pytest.raises(TypeError, match="sde must be a diffscore SDE"):
+            entry("vp", score, data)
 
     x_int = torch.randint(0, 17, (2, 1, 4, 4), generator=gen(19))
     for bad_int, kwargs, err, name in [

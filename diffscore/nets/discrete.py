@@ -12,23 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..sde import sde_from_config
-from .layers import GaussianFourierProjection, check_time
+from .layers import GaussianFourierProjection, ResidualMLPBlock, check_time
 
 __all__ = ["BinPosteriorNet"]
-
-
-class _Block(nn.Module):
-    """``h + W2 dropout(SiLU(W1 SiLU(h) + U temb))``: a pre-activation residual block."""
-
-    def __init__(self, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.fc0 = nn.Linear(hidden, hidden)
-        self.temb_proj = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(hidden, hidden)
-
-    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
-        return h + self.fc1(self.dropout(F.silu(self.fc0(F.silu(h)) + self.temb_proj(temb))))
 
 
 class BinPosteriorNet(nn.Module):
@@ -113,7 +99,7 @@ class BinPosteriorNet(nn.Module):
         self.temb = nn.Linear(embed_dim, hidden)
         self.input_dropout = nn.Dropout(input_dropout)
         self.fc_in = nn.Linear(2 * dim if self.prior_mean_input else dim, hidden)
-        self.blocks = nn.ModuleList(_Block(hidden, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, dropout) for _ in range(depth))
         self.fc_out = nn.Linear(hidden, dim * num_bins)
         nn.init.zeros_(self.fc_out.weight)
         nn.init.zeros_(self.fc_out.bias)
@@ -133,7 +119,7 @@ class BinPosteriorNet(nn.Module):
         alpha, std = self.sde.alpha_std(t.to(z.dtype))
         zf = z.reshape(z.shape[0], -1)
         lam = 2 * alpha.log() - 2 * std.log()
-        temb = F.silu(self.temb(self.embed(lam / 10)))
+        temb = self.temb(self.embed(lam / 10))
         gauss = -(zf[..., None] - alpha[:, None, None] * self.centres).square() / (
             2 * std[:, None, None].square()
         )

@@ -1,4 +1,5 @@
-"""Shared building blocks of the score networks: input checks, init, time embeddings, FIR resampling.
+"""Shared building blocks of the score networks: input checks, init, time embeddings, the MLP residual
+block, FIR resampling.
 
 Sources: Song et al. 2021 ("Score-Based Generative Modeling through SDEs", Appendix H) for the Gaussian
 Fourier embedding and the FIR resampling of NCSN++; Ho et al. 2020 / Vaswani et al. 2017 for the sinusoidal
@@ -29,6 +30,7 @@ __all__ = [
     "group_norm",
     "GaussianFourierProjection",
     "SinusoidalEmbedding",
+    "ResidualMLPBlock",
     "fir_kernel_2d",
     "upfirdn2d",
     "upsample_2d",
@@ -156,6 +158,23 @@ class SinusoidalEmbedding(nn.Module):
         proj = s.unsqueeze(-1) * freqs
         emb = torch.cat([proj.sin(), proj.cos()], dim=-1)
         return F.pad(emb, (0, self.dim % 2))
+
+
+# ---- MLP residual block --------------------------------------------------------------------------
+class ResidualMLPBlock(nn.Module):
+    """``h + W2 dropout(SiLU(W1 SiLU(h) + U SiLU(temb)))``: a pre-activation residual block of width
+    ``hidden`` with a time embedding ``temb`` (B, hidden) added inside (the MLP networks' block)."""
+
+    def __init__(self, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc0 = nn.Linear(hidden, hidden)
+        self.temb_proj = nn.Linear(hidden, hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.fc1 = nn.Linear(hidden, hidden)
+
+    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
+        z = self.fc0(F.silu(h)) + self.temb_proj(F.silu(temb))
+        return h + self.fc1(self.dropout(F.silu(z)))
 
 
 # ---- FIR resampling ------------------------------------------------------------------------------

@@ -7,24 +7,9 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import GaussianFourierProjection, SinusoidalEmbedding, check_time
+from .layers import GaussianFourierProjection, ResidualMLPBlock, SinusoidalEmbedding, check_time
 
 __all__ = ["MLPScoreNet"]
-
-
-class _Block(nn.Module):
-    """``h + W2 dropout(SiLU(W1 SiLU(h) + U SiLU(temb)))``: a pre-activation residual block."""
-
-    def __init__(self, hidden: int, dropout: float) -> None:
-        super().__init__()
-        self.fc0 = nn.Linear(hidden, hidden)
-        self.temb_proj = nn.Linear(hidden, hidden)
-        self.dropout = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(hidden, hidden)
-
-    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
-        z = self.fc0(F.silu(h)) + self.temb_proj(F.silu(temb))
-        return h + self.fc1(self.dropout(F.silu(z)))
 
 
 class MLPScoreNet(nn.Module):
@@ -94,7 +79,7 @@ class MLPScoreNet(nn.Module):
         self.temb_in = nn.Linear(time_embed_dim, hidden)
         self.temb_out = nn.Linear(hidden, hidden)
         self.fc_in = nn.Linear(dim, hidden)
-        self.blocks = nn.ModuleList(_Block(hidden, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, dropout) for _ in range(depth))
         self.fc_out = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

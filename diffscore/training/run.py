@@ -293,15 +293,14 @@ def _announce(trainer: Trainer, echo: Callable[[str], None]) -> None:
     )
 
 
-def _evaluate_test(trainer: Trainer, model: torch.nn.Module, progress: bool) -> dict[str, Any]:
-    """Test bits/dim of ``model`` (logged to metrics.jsonl) beside the closed-form Gaussian baseline."""
+def _test_bpd(
+    trainer: Trainer, model: torch.nn.Module, images: Tensor, progress: bool, desc: str, dequantization: str
+) -> tuple[Tensor, int]:
+    """Exact-ODE bits/dim of every test image under ``model`` with the run's evaluation options."""
     cfg = trainer.config
-    test = trainer.test_data if trainer.test_data is not None else load_splits(cfg)["test"]
-    test_images = test.images[: cfg.test_limit]
-    start = time.perf_counter()
-    bpd, nfe = evaluate_bpd(
+    return evaluate_bpd(
         model,
-        test_images,
+        images,
         trainer.num_bins,
         trainer.data_range,
         divergence=cfg.test_divergence,
@@ -311,8 +310,18 @@ def _evaluate_test(trainer: Trainer, model: torch.nn.Module, progress: bool) -> 
         rtol=cfg.rtol,
         atol=cfg.atol,
         progress=progress,
-        desc="test bits/dim",
+        desc=desc,
+        dequantization=dequantization,
     )
+
+
+def _evaluate_test(trainer: Trainer, model: torch.nn.Module, progress: bool) -> dict[str, Any]:
+    """Test bits/dim of ``model`` (logged to metrics.jsonl) beside the closed-form Gaussian baseline."""
+    cfg = trainer.config
+    test = trainer.test_data if trainer.test_data is not None else load_splits(cfg)["test"]
+    test_images = test.images[: cfg.test_limit]
+    start = time.perf_counter()
+    bpd, nfe = _test_bpd(trainer, model, test_images, progress, "test bits/dim", "uniform")
     seconds = time.perf_counter() - start
     baseline = gaussian_baseline_bpd(
         trainer.train_data.images, test_images, trainer.num_bins, trainer.data_range
@@ -356,20 +365,8 @@ def _likelihood_model(trainer: Trainer, out: Path, progress: bool) -> dict[str, 
     )  # fmt: skip
     bound_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    ode, ode_nfe = evaluate_bpd(
-        model,
-        test_images,
-        trainer.num_bins,
-        trainer.data_range,
-        divergence=cfg.test_divergence,
-        seed=cfg.seed + 12345,
-        batch_size=cfg.eval_batch_size,
-        eps=cfg.likelihood_eps,
-        rtol=cfg.rtol,
-        atol=cfg.atol,
-        progress=progress,
-        desc="test bits/dim (likelihood model)",
-        dequantization="truncated_normal",
+    ode, ode_nfe = _test_bpd(
+        trainer, model, test_images, progress, "test bits/dim (likelihood model)", "truncated_normal"
     )
     ode_seconds = time.perf_counter() - start
     result = {
