@@ -53,6 +53,42 @@ def check_int(name: str, value: int, low: int, *, value_error: bool = False) -> 
     return value
 
 
+def check_bins(name: str, x: Tensor, num_bins: int) -> None:
+    """Raise unless ``x`` holds integers in [0, num_bins) (integer dtype or integer-valued floats)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
+    if x.numel() == 0:
+        return
+    if x.is_floating_point() and not bool((x == torch.round(x)).all()):
+        raise ValueError(f"{name} must hold integer values (bin indices), found non-integers or NaN")
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high >= num_bins:
+        raise ValueError(f"{name} must lie in [0, num_bins) = [0, {num_bins}), found [{low}, {high}]")
+
+
+def check_discrete_batch(
+    x_int: Tensor, num_bins: int, data_range: Sequence[float], dtype: torch.dtype | None
+) -> tuple[Tensor, float, float]:
+    """The gate of the discrete-data likelihoods (bits/dim, the dequantized ODE bound, the ELBO): returns
+    ``(x_int as dtype, lo, hi)``.
+
+    Raises:
+        TypeError: ``x_int`` not a non-empty (B, *shape) tensor of integers; a bad ``data_range`` or
+            ``dtype`` (as :func:`check_data_range`, :func:`check_float_dtype`).
+        ValueError: ``num_bins`` not an int >= 2; ``x_int`` with non-integers or values outside
+            [0, num_bins).
+    """
+    check_int("num_bins", num_bins, 2, value_error=True)
+    lo, hi = check_data_range(data_range)
+    dtype = check_float_dtype(dtype)
+    if not isinstance(x_int, Tensor) or x_int.ndim < 2 or x_int.shape[0] == 0:
+        raise TypeError("x_int must be a non-empty (B, *shape) tensor of integers")
+    check_bins("x_int", x_int, num_bins)
+    return x_int.to(dtype), lo, hi
+
+
 def check_count(name: str, value: int, low: int) -> int:
     """Return ``value`` if it is an int (not a bool) >= ``low``; ValueError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import Generator, check_data, check_data_range, check_float_dtype, check_solve_eps, rand, randn
+from ._checks import Generator, check_data, check_discrete_batch, check_solve_eps, rand, randn
 from .score import ScoreFn
 from .sde import SDE
 
@@ -339,18 +339,8 @@ def likelihood_bound(
             an int >= 1.
         FloatingPointError: the score returned NaN or inf.
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-    lo, hi = check_data_range(data_range)
-    dtype = check_float_dtype(dtype)
-    if not isinstance(x_int, Tensor) or x_int.ndim < 2 or x_int.shape[0] == 0:
-        raise TypeError("x_int must be a non-empty (B, *shape) tensor of integers")
+    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype)
     eps = _check_bound_args(sde, eps, n_samples, importance)
-    xf = x_int.to(dtype)
-    if not bool((xf == xf.round()).all()):
-        raise ValueError("x_int must hold integer values (got non-integers)")
-    if not bool(((xf >= 0) & (xf < num_bins)).all()):
-        raise ValueError(f"x_int values must lie in [0, num_bins) = [0, {num_bins})")
     centres = bin_centres(num_bins, (lo, hi), xf)
     x = lo + (hi - lo) * (xf + 0.5) / num_bins
     res = _estimate(

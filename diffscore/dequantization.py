@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import Generator, check_data_range, check_float_dtype, rand
+from ._checks import Generator, check_discrete_batch, check_int, rand
 from .likelihood import log_likelihood
 from .score import ScoreFn
 from .sde import SDE
@@ -104,19 +104,8 @@ def dequantized_bits_per_dim(
             ``data_range`` or ``dtype``, ``n_samples`` not an int >= 1, and the errors of
             :func:`diffscore.log_likelihood`.
     """
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an int >= 2, got {num_bins!r}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    lo, hi = check_data_range(data_range)
-    dtype = check_float_dtype(dtype)
-    if not isinstance(x_int, Tensor) or x_int.ndim < 2:
-        raise TypeError("x_int must be a (B, *shape) tensor of integers")
-    xf = x_int.to(dtype)
-    if not bool((xf == xf.round()).all()):
-        raise ValueError("x_int must hold integer values (got non-integers)")
-    if not bool(((xf >= 0) & (xf < num_bins)).all()):
-        raise ValueError(f"x_int values must lie in [0, num_bins) = [0, {num_bins})")
+    check_int("n_samples", n_samples, 1, value_error=True)
+    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype)
     q = dequantizer or UniformDequantizer()
     d = xf[0].numel()
     log_width = d * (math.log(hi - lo) - math.log(num_bins))  # log of the Jacobian of u -> y

@@ -26,8 +26,7 @@ from ._checks import (
     StepSizeUnderflowError,
     check_choice,
     check_data,
-    check_data_range,
-    check_float_dtype,
+    check_discrete_batch,
     check_instance,
     check_int,
     check_latent,
@@ -412,21 +411,12 @@ def bits_per_dim(
             ``data_range`` not a pair of numbers (TypeError) or not finite with lo < hi (ValueError);
             ``dtype`` not a floating-point dtype (TypeError); and the errors of :func:`log_likelihood`.
     """
-    check_int("num_bins", num_bins, 2, value_error=True)
-    lo, hi = check_data_range(data_range)
-    dtype = check_float_dtype(dtype)
+    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype)
     if dequantize != "uniform":
         raise ValueError(
             f"dequantize must be 'uniform', got {dequantize!r} (a likelihood without dequantization is a "
             "continuous NLL, not bits/dim: use log_likelihood)"
         )
-    if not isinstance(x_int, Tensor) or x_int.ndim < 2:
-        raise TypeError("x_int must be a (B, *shape) tensor of integers")
-    xf = x_int.to(dtype)
-    if x_int.is_floating_point() and not bool((xf == xf.round()).all()):
-        raise ValueError("x_int must hold integer values (got non-integers)")
-    if not bool(((xf >= 0) & (xf < num_bins)).all()):
-        raise ValueError(f"x_int values must lie in [0, num_bins) = [0, {num_bins})")
     # uniform dequantization, y = (x_int + u) / num_bins, mapped onto [lo, hi]
     u = rand(xf.shape, generator, xf.device, xf.dtype)
     x = lo + (hi - lo) * (xf + u) / num_bins

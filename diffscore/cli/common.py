@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed as dd
-from ..data._validate import check_bins
+from .._checks import check_bins
 from ..io import check_output
 from ..score import ModelCard, ScoreModel
 

@@ -30,21 +30,6 @@ def check_range(data_range: DataRange) -> tuple[float, float]:
     return check_data_range(data_range)
 
 
-def check_bins(name: str, x: Tensor, num_bins: int) -> None:
-    """Raise unless ``x`` holds integers in [0, num_bins) (integer dtype or integer-valued floats)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
-    if x.numel() == 0:
-        return
-    if x.is_floating_point() and not bool((x == torch.round(x)).all()):
-        raise ValueError(f"{name} must hold integer values (bin indices), found non-integers or NaN")
-    low, high = int(x.min()), int(x.max())
-    if low < 0 or high >= num_bins:
-        raise ValueError(f"{name} must lie in [0, num_bins) = [0, {num_bins}), found [{low}, {high}]")
-
-
 def check_float(name: str, x: Tensor) -> None:
     """Raise unless ``x`` is a floating-point tensor with finite entries (naming ``name``)."""
     if not isinstance(x, Tensor):

@@ -20,9 +20,9 @@ from PIL import Image, ImageOps, PngImagePlugin
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from .._checks import check_int
+from .._checks import check_bins, check_int
 from ..io import atomic_write, check_output
-from ._validate import DataRange, check_bins, check_float, check_num_bins, check_range
+from ._validate import DataRange, check_float, check_num_bins, check_range
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageData", "load_image_folder", "save_image_grid"]
 

@@ -19,8 +19,8 @@ import functools
 import torch
 from torch import Tensor
 
-from .._checks import Generator, rand
-from ._validate import DataRange, check_bins, check_float, check_num_bins, check_range, float_dtype
+from .._checks import Generator, check_bins, rand
+from ._validate import DataRange, check_float, check_num_bins, check_range, float_dtype
 
 __all__ = [
     "to_unit",
