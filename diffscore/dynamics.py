@@ -77,11 +77,17 @@ class _Dynamics(nn.Module):
         self.last_t: Tensor | None = None
 
     def _score(self, x: Tensor, t: Tensor) -> Tensor:
+        return self._score_and_divergence(x, t, False)[0]
+
+    def _score_and_divergence(self, x: Tensor, t: Tensor, divergence: bool) -> tuple[Tensor, Tensor | None]:
+        """The checked score, and with ``divergence`` its closed-form divergence (B,) from
+        ``score.score_and_divergence`` (else None)."""
         self.nfe += 1
         self.last_t = t
-        s = check_score_output(self.score(x, t), x)
+        s, div = self.score.score_and_divergence(x, t) if divergence else (self.score(x, t), None)
+        check_score_output(s, x)
         check_state_and_score(x, s, t, self.sde.var(t.detach()).sqrt(), self.limit)
-        return s
+        return s, div
 
 
 class ForwardSDE(_Dynamics):
@@ -170,6 +176,14 @@ class ProbabilityFlowODE(_Dynamics):
         shape = (-1,) + (1,) * (x.ndim - 1)
         return self.sde.f(t).reshape(shape) * x - 0.5 * self.sde.g2(t).reshape(shape) * s
 
+    def velocity_and_divergence(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The vector field and its divergence ``D f(t) - g(t)^2 div score / 2`` (B,), from the score's
+        closed-form divergence (``score.score_and_divergence``, which must not be None)."""
+        s, div = self._score_and_divergence(x, t, True)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        f, g2 = self.sde.f(t), self.sde.g2(t)
+        return f.reshape(shape) * x - 0.5 * g2.reshape(shape) * s, x[0].numel() * f - 0.5 * g2 * div
+
     def forward(self, t: Tensor, x: Tensor) -> Tensor:
         t = t.to(x).clamp(self.t_min, self.sde.T).expand(x.shape[0])
         return self.velocity(x, t)
@@ -185,7 +199,10 @@ class LikelihoodODE(nn.Module):
     Each evaluation costs one forward pass of the score and one batched vector-Jacobian product:
     ``divergence="exact"`` contracts D one-hot cotangents (``is_grads_batched``, in chunks of
     ``chunk_size``), ``"hutchinson"`` contracts the fixed probes ``probes`` (P, B, *shape):
-    ``div v ~ mean_p eps_p^T J eps_p`` (Hutchinson 1989), unbiased.
+    ``div v ~ mean_p eps_p^T J eps_p`` (Hutchinson 1989), unbiased. A score that gives its divergence in
+    closed form (a non-None ``score.score_and_divergence``, e.g. a :class:`~diffscore.ScoreModel` of a
+    :class:`~diffscore.nets.BinPosteriorNet` in eval mode) makes ``"exact"`` use it instead: no backward
+    pass.
 
     A batched VJP over c cotangents holds about c times the activations that the forward pass saves
     for backward. With ``chunk_size=None`` the first evaluation measures those bytes (a saved-tensors
@@ -235,6 +252,12 @@ class LikelihoodODE(nn.Module):
     def forward(self, t: Tensor, state: Tensor) -> Tensor:
         b = state.shape[0]
         tt = t.to(state).clamp(self.flow.t_min, self.flow.sde.T).expand(b)
+        if self.divergence == "exact" and getattr(self.flow.score, "score_and_divergence", None) is not None:
+            with torch.no_grad():
+                x = state[:, : self.dim].reshape((b,) + self.shape)
+                v, div = self.flow.velocity_and_divergence(x, tt)
+            check_finite("divergence", div, tt)
+            return torch.cat([v.reshape(b, -1), div[:, None]], dim=1)
         with torch.enable_grad():
             x = state[:, : self.dim].detach().reshape((b,) + self.shape).requires_grad_(True)
             if self.divergence == "exact" and self.chunk_size is None:

@@ -157,6 +157,33 @@ class ScoreModel(nn.Module):
         Raises ValueError for x not shaped (B, *event_shape) and TypeError for x of another dtype than
         the weights (see the class docstring).
         """
+        t = self._check_call(x, t)
+        out = self.net(x, t)
+        if self.parameterization == "score":
+            return out
+        std = bcast(self.sde.alpha_std(t)[1].clamp_min(self.min_std), out)
+        return -out / std if self.parameterization == "noise" else out / std
+
+    @property
+    def score_and_divergence(self) -> Callable[[Tensor, Tensor | float], tuple[Tensor, Tensor]] | None:
+        """``(x, t) -> (score, div_x score)``, the divergence (B,) in closed form, when the network gives
+        its own (``net.noise_and_divergence(x, t)``, e.g. :class:`~diffscore.nets.BinPosteriorNet`) under
+        the "noise" parameterization in eval mode; else None. :class:`~diffscore.dynamics.LikelihoodODE`
+        uses it for the exact divergence instead of D vector-Jacobian products."""
+        noise_and_divergence = getattr(self.net, "noise_and_divergence", None)
+        if noise_and_divergence is None or self.parameterization != "noise" or self.net.training:
+            return None
+
+        def score_and_divergence(x: Tensor, t: Tensor | float) -> tuple[Tensor, Tensor]:
+            t = self._check_call(x, t)
+            out, div = noise_and_divergence(x, t)
+            std = self.sde.alpha_std(t)[1].clamp_min(self.min_std)
+            return -out / bcast(std, out), -div / std
+
+        return score_and_divergence
+
+    def _check_call(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """The checks of a call (see :meth:`forward`); returns t as a (B,) tensor."""
         if self.event_shape is not None and tuple(x.shape[1:]) != self.event_shape:
             want = ", ".join(map(str, self.event_shape))
             raise ValueError(f"x must be a batch shaped (B, {want}) for this model, got {tuple(x.shape)}")
@@ -166,12 +193,7 @@ class ScoreModel(nn.Module):
                 f"x is {x.dtype} but the model's weights are {p.dtype}: convert one of them "
                 "(model.to(x.dtype) or x.to(model's dtype))"
             )
-        t = as_time(t, x.shape[0], x)
-        out = self.net(x, t)
-        if self.parameterization == "score":
-            return out
-        std = bcast(self.sde.alpha_std(t)[1].clamp_min(self.min_std), out)
-        return -out / std if self.parameterization == "noise" else out / std
+        return as_time(t, x.shape[0], x)
 
     def save_pretrained(
         self, directory: str | os.PathLike, metadata: Mapping[str, Any] | None = None

@@ -7,6 +7,8 @@
   built and the NaN check read once per solve). sde_adaptive may sync once per iteration.
 * ``perf.optimize`` with fp16 / bf16 autocast and channels-last on the small NCSN++: output in the
   input's dtype, close to the float32 network.
+* The discrete-data likelihoods on CUDA (bin-posterior model, closed-form divergence): the ELBO and the
+  exact ODE with truncated-normal dequantization give the CPU answer (float64).
 """
 
 from __future__ import annotations
@@ -113,3 +115,30 @@ def test_heun_with_optimized_network_on_gpu():
     assert torch.isfinite(mixed).all()
     # an untrained network: only check that bf16 rounding stays a small fraction of the sample's scale
     assert float((mixed - plain).abs().max() / plain.abs().max()) < 0.1
+
+
+def test_discrete_likelihoods_match_cpu():
+    from diffscore.nets import BinPosteriorNet
+    from diffscore.sde import sde_to_config
+
+    sde = ds.VPSDE()
+    torch.manual_seed(0)
+    net = BinPosteriorNet(16, 17, (-1.0, 1.0), sde_to_config(sde), hidden=32)
+    torch.nn.init.normal_(net.fc_out.weight, std=0.1)
+    x_int = torch.randint(0, 17, (4, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    out = {}
+    for device in ("cpu", "cuda"):
+        model = ds.ScoreModel(net.to(device, F64).eval(), sde, "noise", event_shape=(1, 4, 4))
+        x = x_int.to(device)
+        # CPU generators on both devices: the same noise (drawn on the CPU, then moved)
+        gens = [torch.Generator().manual_seed(i) for i in range(4)]
+        elbo = ds.likelihood_bound(sde, model, x, 17, (-1.0, 1.0), n_samples=8, generator=gens, dtype=F64)
+        gens = [torch.Generator().manual_seed(i) for i in range(4)]
+        q = ds.TruncatedNormalDequantizer(0.01)
+        ode = ds.dequantized_bits_per_dim(
+            sde, model, x, 17, (-1.0, 1.0), q, generator=gens, dtype=F64, rtol=1e-7, atol=1e-7
+        )
+        assert elbo.bpd.device.type == ode.bpd.device.type == device
+        out[device] = torch.stack([elbo.bpd, ode.bpd]).cpu()
+    # float64 on both devices: only reduction order differs (1e-7 is the ODE's tolerance)
+    torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-6, atol=1e-6)

@@ -41,21 +41,34 @@ class SolveProgress:
         self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False)
 
     def wrap(self, score: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-        """``score`` with every call counted (and shown at most ten times a second, and after each batch)."""
+        """``score`` with every call counted (and shown at most ten times a second, and after each batch);
+        its ``score_and_divergence``, where it has one, is kept and counted too."""
 
         def counted(x: Tensor, t: Any) -> Tensor:
-            if self._solve_done:  # the first call of the next solve
-                self.nfe, self._solve_done = 0, False
-            self.nfe += 1
-            if self.total is None:
-                self.bar.update(1)
-            if isinstance(t, Tensor) and t.device.type == "cpu":
-                self._t = t
-            if time.monotonic() - self._shown > 0.1:
-                self._show()
+            self._count(t)
             return score(x, t)
 
+        pair = getattr(score, "score_and_divergence", None)
+        if pair is not None:
+
+            def counted_pair(x: Tensor, t: Any) -> tuple[Tensor, Tensor]:
+                self._count(t)
+                return pair(x, t)
+
+            counted.score_and_divergence = counted_pair
         return counted
+
+    def _count(self, t: Any) -> None:
+        """One score evaluation at time t."""
+        if self._solve_done:  # the first call of the next solve
+            self.nfe, self._solve_done = 0, False
+        self.nfe += 1
+        if self.total is None:
+            self.bar.update(1)
+        if isinstance(t, Tensor) and t.device.type == "cpu":
+            self._t = t
+        if time.monotonic() - self._shown > 0.1:
+            self._show()
 
     def _show(self) -> None:
         """Put the solve's NFE and the latest time t in the bar's postfix."""

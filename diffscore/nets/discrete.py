@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..sde import sde_from_config
-from .layers import GaussianFourierProjection, ResidualMLPBlock, check_time
+from .layers import GaussianFourierProjection, ResidualMLPBlock, check_time, silu_grad
 
 __all__ = ["BinPosteriorNet"]
 
@@ -114,24 +114,61 @@ class BinPosteriorNet(nn.Module):
         counts = F.one_hot(flat, self.num_bins).sum(0).to(self.bin_logits) + pseudo_count
         self.bin_logits.copy_(counts.log() - counts.sum(1, keepdim=True).log())
 
-    def bin_posterior_logits(self, z: Tensor, t: Tensor) -> Tensor:
-        """(B, D, K) unnormalised log p(x_i = c_k | z, t) (see the class docstring)."""
+    def bin_posterior_logits(
+        self, z: Tensor, t: Tensor, diagonal: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """``(L, dL)``: L (B, D, K) the unnormalised log p(x_i = c_k | z, t) (see the class docstring), and
+        with ``diagonal`` (eval mode only) dL (B, D, K) = d h_ik / d z_i, the MLP's part of
+        d L_ik / d z_i, by forward-mode differentiation: the D one-hot tangents go through the MLP as
+        (B, D, hidden) tensors and only the diagonal of the last layer is formed (else None)."""
         alpha, std = self.sde.alpha_std(t.to(z.dtype))
-        zf = z.reshape(z.shape[0], -1)
+        b, d = z.shape[0], self.dim
+        zf = z.reshape(b, -1)
+        var = std.square()[:, None]
         lam = 2 * alpha.log() - 2 * std.log()
         temb = self.temb(self.embed(lam / 10))
-        gauss = -(zf[..., None] - alpha[:, None, None] * self.centres).square() / (
-            2 * std[:, None, None].square()
-        )
+        gauss = -(zf[..., None] - alpha[:, None, None] * self.centres).square() / (2 * var[..., None])
         prior = gauss + self.bin_logits  # the exact posterior of the independent-pixel model
         scale = (alpha.square() + std.square()).rsqrt()[:, None]  # keeps the MLP's input near unit scale
         features = zf * scale
+        w_in = self.fc_in.weight.T  # row j: the direction of input j
+        dh = scale[..., None] * w_in[:d] if diagonal else None  # (B, D, hidden): tangent j in row j
         if self.prior_mean_input:  # and that model's posterior mean, a denoised image at every noise level
-            features = torch.cat([features, (prior.softmax(-1) * self.centres).sum(-1)], dim=1)
+            p0 = prior.softmax(-1)
+            mean0 = (p0 * self.centres).sum(-1)
+            features = torch.cat([features, mean0], dim=1)
+            if diagonal:  # d mean0_i / d z_i = Cov(c, d G_i / d z_i) = alpha Var_{p0_i}(c) / std^2
+                var0 = (p0 * self.centres.square()).sum(-1) - mean0.square()
+                dh = dh + (alpha[:, None] * var0 / var)[..., None] * w_in[d:]
         h = self.fc_in(self.input_dropout(features))
         for block in self.blocks:
-            h = block(h, temb)
-        return prior + self.fc_out(F.silu(h)).reshape(zf.shape[0], self.dim, self.num_bins)
+            h, dh = (block(h, temb), None) if dh is None else block.with_tangents(h, temb, dh)
+        logits = prior + self.fc_out(F.silu(h)).reshape(b, d, self.num_bins)
+        if not diagonal:
+            return logits, None
+        w_out = self.fc_out.weight.reshape(d, self.num_bins, -1)
+        return logits, torch.einsum("bjh,jkh->bjk", silu_grad(h)[:, None] * dh, w_out)
+
+    def noise_and_divergence(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``(net(z, t), sum_i d net_i / d z_i)``: the output (B, *shape) and its exact divergence (B,) in
+        closed form, in eval mode (dropout off; :meth:`forward`'s checks are the caller's).
+
+        With ``p_i = softmax(L_i)`` the posterior, ``d x_hat_i / d z_i = Cov_{p_i}(c, d L_i / d z_i)``,
+        where the Gaussian term gives ``d G_ik / d z_i = (alpha c_k - z_i) / std^2`` (so its part is
+        ``alpha Var_{p_i}(c) / std^2``) and the MLP's part comes from :meth:`bin_posterior_logits`.
+        Then ``div e_hat = sum_i (1 - alpha d x_hat_i / d z_i) / std``. About a third of the time of D
+        vector-Jacobian products through :meth:`forward` (no (D B, D, K) tensors).
+        """
+        if self.training:
+            raise ValueError("noise_and_divergence is the eval-mode network's: call .eval() first")
+        alpha, std = (v[:, None] for v in self.sde.alpha_std(t.to(z.dtype)))
+        logits, d_logits = self.bin_posterior_logits(z, t, diagonal=True)
+        p, c = logits.softmax(-1), self.centres
+        x_hat = (p * c).sum(-1)
+        d_x_hat = alpha * ((p * c.square()).sum(-1) - x_hat.square()) / std.square()
+        d_x_hat = d_x_hat + (p * (c - x_hat[..., None]) * d_logits).sum(-1)
+        e_hat = (z.reshape(z.shape[0], -1) - alpha * x_hat) / std
+        return e_hat.reshape(z.shape), ((1 - alpha * d_x_hat) / std).sum(-1)
 
     def forward(self, z: Tensor, t: Tensor) -> Tensor:
         if z.ndim < 2 or z.shape[0] == 0 or z[0].numel() != self.dim:
@@ -140,7 +177,7 @@ class BinPosteriorNet(nn.Module):
             )
         check_time(t, z.shape[0])
         alpha, std = self.sde.alpha_std(t.to(z.dtype))
-        probs = self.bin_posterior_logits(z, t).softmax(-1)
+        probs = self.bin_posterior_logits(z, t)[0].softmax(-1)
         x_hat = (probs * self.centres).sum(-1)
         e_hat = (z.reshape(z.shape[0], -1) - alpha[:, None] * x_hat) / std[:, None]
         return e_hat.reshape(z.shape)

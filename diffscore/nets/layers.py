@@ -31,6 +31,7 @@ __all__ = [
     "GaussianFourierProjection",
     "SinusoidalEmbedding",
     "ResidualMLPBlock",
+    "silu_grad",
     "fir_kernel_2d",
     "upfirdn2d",
     "upsample_2d",
@@ -175,6 +176,19 @@ class ResidualMLPBlock(nn.Module):
     def forward(self, h: Tensor, temb: Tensor) -> Tensor:
         z = self.fc0(F.silu(h)) + self.temb_proj(F.silu(temb))
         return h + self.fc1(self.dropout(F.silu(z)))
+
+    def with_tangents(self, h: Tensor, temb: Tensor, dh: Tensor) -> tuple[Tensor, Tensor]:
+        """The eval-mode block (dropout off) and its forward-mode derivative: ``(block(h), J dh)`` for h
+        (B, hidden) and tangents dh (B, N, hidden), N directions per sample."""
+        z = self.fc0(F.silu(h)) + self.temb_proj(F.silu(temb))
+        dz = (silu_grad(h)[:, None] * dh) @ self.fc0.weight.T
+        return h + self.fc1(F.silu(z)), dh + (silu_grad(z)[:, None] * dz) @ self.fc1.weight.T
+
+
+def silu_grad(x: Tensor) -> Tensor:
+    """d SiLU(x) / dx = sigmoid(x) (1 + x (1 - sigmoid(x)))."""
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
 
 
 # ---- FIR resampling ------------------------------------------------------------------------------
