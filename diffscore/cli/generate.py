@@ -170,7 +170,8 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grid",
         default=None,
-        help="time grid: logsnr, karras, time_quadratic, time_uniform (docs/samplers.md)",
+        help="time grid: logsnr, karras, time_quadratic, time_uniform; time_power for dpmpp, unipc, "
+        "sde_dpmpp_2m and sde_dpmpp_3m, exponent by --option power=P (docs/samplers.md)",
     )
     p.add_argument("--order", type=positive_int, default=None, help="dpmpp, unipc: solver order 1-3")
     p.add_argument(
@@ -235,7 +236,7 @@ def add_commands(sub: Any) -> None:
             "--method",
             default="dopri8",
             help="torchdiffeq method (default dopri8: on the trained digits model dopri5 at 1e-5 round-trips "
-            "to ~6e-3 max abs, dopri8 to 2e-4, at about 4x the NFE; see docs/encoding.md)",
+            "to ~1e-2 max abs, dopri8 to ~1e-4, at about 4x the NFE; see docs/encoding.md)",
         )
         p.add_argument(
             "--step-size",
