@@ -13,7 +13,12 @@ likelihood estimator of the trained likelihood model.
    results.json), of the run's sample model (exact ODE, uniform dequantization) and of the Gaussian fit;
 2. the likelihood model's estimators on the first ``--images`` test images: the ELBO at 16 / 64 / 256
    draws per image (mean, standard error of the mean, NFE per image, seconds) and the exact ODE with
-   truncated-normal dequantization at two tolerances (NFE per solve, seconds).
+   truncated-normal dequantization at two tolerances, with the network's closed-form divergence and,
+   at the tighter one, with D vector-Jacobian products instead (NFE per solve, seconds).
+
+With ``--choices`` it first trains the likelihood model of the ``digits`` preset and each variation in
+``CHOICES`` (``diffscore.training.bound_model``) and prints their validation bound, the table by which the
+preset was chosen (a few minutes).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torch import Tensor, nn
 import diffscore as ds
 from diffscore.data import load_digits
 from diffscore.evaluation import evaluate_bound, evaluate_bpd, summarize
+from diffscore.sde import sde_from_config
 
 K = 17
 
@@ -96,6 +102,40 @@ def train_made(
     return model.eval(), time.perf_counter() - start
 
 
+#: Variations of the digits preset's likelihood model (BoundTrainingConfig fields; net_options merged).
+CHOICES = [
+    ("the preset: width 256, dropout 0.6", {}),
+    ("dropout 0.5", {"net_options": {"dropout": 0.5}}),
+    ("dropout 0.4", {"net_options": {"dropout": 0.4}}),
+    ("input dropout 0.5", {"net_options": {"input_dropout": 0.5}}),
+    ("width 512, dropout 0.5", {"net_options": {"hidden": 512, "dropout": 0.5}}),
+    ("width 320, dropout 0.5", {"net_options": {"hidden": 320, "dropout": 0.5}}),
+    ("3 blocks, dropout 0.5", {"net_options": {"depth": 3, "dropout": 0.5}}),
+    ("weight decay 0.1, dropout 0.5", {"weight_decay": 0.1, "net_options": {"dropout": 0.5}}),
+]
+
+
+def choices_table(splits: dict[str, Tensor]) -> None:
+    """Validation bound of the preset's likelihood model and of each variation in CHOICES."""
+    from diffscore.training import PRESETS
+    from diffscore.training.bound_model import BoundTrainingConfig, train_bound_model
+
+    preset = PRESETS["digits"]
+    sde = sde_from_config({"name": preset.sde, **preset.sde_options})
+    print("| likelihood model (train_bound_model) | validation bits/dim | selected step | seconds |")
+    print("|---|---|---|---|")
+    for name, change in CHOICES:
+        options = {**preset.bound_model, **change}
+        options["net_options"] = {**preset.bound_model["net_options"], **change.get("net_options", {})}
+        _, info = train_bound_model(
+            sde, splits["train"].reshape(-1, 1, 8, 8), splits["validation"].reshape(-1, 1, 8, 8), K,
+            (-1.0, 1.0), BoundTrainingConfig.from_dict(options),
+        )  # fmt: skip
+        step = f"{info['best_step']} of {info['steps']}"
+        print(f"| {name} | {info['val_bpd']:.4f} | {step} | {info['seconds']:.0f} |")
+    print()
+
+
 def row(name: str, s: dict, note: str = "") -> str:
     return f"| {name} | {s['mean']:.3f} / {s['median']:.3f} / {s['worst']:.3f} | {note} |"
 
@@ -104,11 +144,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/digits", help="the output folder of `diffscore train`")
     parser.add_argument("--images", type=int, default=64, help="test images of the estimator table")
+    parser.add_argument("--choices", action="store_true", help="first, the table of likelihood-model choices")
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = Path(args.model)
     results = json.loads((run / "results.json").read_text())
     splits = {s: load_digits(s).images.reshape(-1, 64) for s in ("train", "validation", "test")}
+    if args.choices:
+        choices_table(splits)
 
     made, seconds = train_made(splits["train"], splits["validation"])
     with torch.no_grad():
@@ -135,18 +178,43 @@ def main() -> None:
             f"| ELBO, {n} draws | {float(res['bpd'].mean()):.4f} | {res['stderr_mean']:.4f} | "
             f"{res['nfe']} per image | {took:.1f} |"
         )
-    for deq in ("truncated_normal",):  # uniform noise over a bin scores this sharp model badly
-        for tol in (1e-3, 1e-4):
-            start = time.perf_counter()
-            bpd, nfe = evaluate_bpd(
-                model, x, K, (-1.0, 1.0), eps=meta.get("likelihood_eps", 1e-5), rtol=tol, atol=tol,
-                seed=12345, dequantization=deq,
-            )  # fmt: skip
-            took = time.perf_counter() - start
-            name = deq.replace("_", "-")
-            print(
-                f"| exact ODE, {name} deq., tol {tol:g} | {float(bpd.mean()):.4f} | - | {nfe} | {took:.1f} |"
-            )
+    # uniform noise over a bin scores this sharp model badly: truncated-normal dequantization only
+    vjp = VJPDivergence(model)  # the same score without its closed-form divergence
+    for tol, scored, how in (
+        (1e-3, model, "closed-form"),
+        (1e-4, model, "closed-form"),
+        (1e-4, vjp, "64 VJPs"),
+    ):
+        start = time.perf_counter()
+        bpd, nfe = evaluate_bpd(
+            scored, x, K, (-1.0, 1.0), eps=meta.get("likelihood_eps", 1e-5), rtol=tol, atol=tol, seed=12345,
+            dequantization="truncated_normal",
+        )  # fmt: skip
+        took = time.perf_counter() - start
+        name = f"exact ODE ({how} divergence), truncated-normal deq., tol {tol:g}"
+        print(f"| {name} | {float(bpd.mean()):.4f} | - | {nfe} | {took:.1f} |")
+    # how far q is from the model's own p(u | x): the importance-weighted bound over 4 draws per image
+    eps = meta.get("likelihood_eps", 1e-5)
+    width = float(model.sde.var(torch.tensor([eps], dtype=torch.float64)).sqrt()) * K / 2.0
+    start = time.perf_counter()
+    res = ds.dequantized_bits_per_dim(
+        model.sde, model, x, K, (-1.0, 1.0), ds.TruncatedNormalDequantizer(width), n_samples=4, eps=eps,
+        rtol=1e-4, atol=1e-4, generator=[torch.Generator().manual_seed(12345 + i) for i in range(x.shape[0])],
+    )  # fmt: skip
+    took = time.perf_counter() - start
+    name = "exact ODE (closed-form divergence), truncated-normal deq., 4 weighted draws, tol 0.0001"
+    print(f"| {name} | {float(res.bpd.mean()):.4f} | - | {res.nfe} | {took:.1f} |")
+
+
+class VJPDivergence(nn.Module):
+    """A score model seen as a plain score: the likelihood takes D vector-Jacobian products."""
+
+    def __init__(self, model: ds.ScoreModel) -> None:
+        super().__init__()
+        self.model, self.sde = model, model.sde
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.model(x, t)
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ PRESETS: dict[str, TrainConfig] = {
         lr_schedule="cosine",
         sample_options={"num_steps": 500, "eps": 0.1, "grid": "logsnr"},
         bound_model={
-            "net_options": {"hidden": 512, "depth": 2, "dropout": 0.5, "input_dropout": 0.4},
+            "net_options": {"hidden": 256, "depth": 2, "dropout": 0.6, "input_dropout": 0.4},
             "lr": 2e-3,
             "weight_decay": 0.05,
             "batch_size": 128,
