@@ -61,31 +61,48 @@ def check_bins(name: str, x: Tensor, num_bins: int) -> None:
         raise TypeError(f"{name} must hold integers, got dtype {x.dtype}")
     if x.numel() == 0:
         return
-    if x.is_floating_point() and not bool((x == torch.round(x)).all()):
-        raise ValueError(f"{name} must hold integer values (bin indices), found non-integers or NaN")
+    if x.is_floating_point() and not bool((torch.isfinite(x) & (x == torch.round(x))).all()):
+        raise ValueError(f"{name} must hold integer values (bin indices), found non-integers, NaN or inf")
     low, high = int(x.min()), int(x.max())
     if low < 0 or high >= num_bins:
         raise ValueError(f"{name} must lie in [0, num_bins) = [0, {num_bins}), found [{low}, {high}]")
 
 
 def check_discrete_batch(
-    x_int: Tensor, num_bins: int, data_range: Sequence[float], dtype: torch.dtype | None
+    x_int: Tensor, num_bins: int, data_range: Sequence[float], dtype: torch.dtype | None, score: Any = None
 ) -> tuple[Tensor, float, float]:
     """The gate of the discrete-data likelihoods (bits/dim, the dequantized ODE bound, the ELBO): returns
-    ``(x_int as dtype, lo, hi)``.
+    ``(x_int as dtype, lo, hi)``. ``score``: where it carries a model card (``ScoreModel.card``) whose
+    metadata records ``num_bins`` or ``data_range``, those must be the ones asked for (the model's bins
+    scored on another grid give bits/dim that are off by orders of magnitude, with no other sign).
 
     Raises:
         TypeError: ``x_int`` not a non-empty (B, *shape) tensor of integers; a bad ``data_range`` or
-            ``dtype`` (as :func:`check_data_range`, :func:`check_float_dtype`).
-        ValueError: ``num_bins`` not an int >= 2; ``x_int`` with non-integers or values outside
-            [0, num_bins).
+            ``dtype`` (as :func:`check_data_range`, :func:`check_float_dtype`), or a ``dtype`` other
+            than float32 / float64 (half precision cannot carry a likelihood to 3 digits).
+        ValueError: ``num_bins`` not an int >= 2; ``x_int`` with non-integers, NaN / inf or values
+            outside [0, num_bins); ``num_bins`` or ``data_range`` not the ones the model's card records.
     """
     check_int("num_bins", num_bins, 2, value_error=True)
     lo, hi = check_data_range(data_range)
     dtype = check_float_dtype(dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype must be torch.float32 or torch.float64 for a likelihood, got {dtype}")
     if not isinstance(x_int, Tensor) or x_int.ndim < 2 or x_int.shape[0] == 0:
         raise TypeError("x_int must be a non-empty (B, *shape) tensor of integers")
     check_bins("x_int", x_int, num_bins)
+    recorded = getattr(getattr(score, "card", None), "metadata", None) or {}
+    if "num_bins" in recorded and int(recorded["num_bins"]) != num_bins:
+        raise ValueError(
+            f"num_bins={num_bins}, but the model's card says it was trained on {recorded['num_bins']} "
+            f"bins: pass num_bins={recorded['num_bins']}"
+        )
+    if "data_range" in recorded and tuple(float(v) for v in recorded["data_range"]) != (lo, hi):
+        card_range = tuple(float(v) for v in recorded["data_range"])
+        raise ValueError(
+            f"data_range={(lo, hi)}, but the model's card says its data lie on {card_range}: "
+            f"pass data_range={card_range}"
+        )
     return x_int.to(dtype), lo, hi
 
 

@@ -34,7 +34,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._checks import Generator, check_data, check_discrete_batch, check_solve_eps, rand, randn
+from ._checks import (
+    CheckedScore,
+    Generator,
+    check_data,
+    check_discrete_batch,
+    check_instance,
+    check_solve_eps,
+    rand,
+    randn,
+)
 from .score import ScoreFn
 from .sde import SDE
 
@@ -266,12 +275,17 @@ def _estimate(sde, score, x, decoder_nll, eps, n_samples, generator, prior_logp,
 IMPORTANCE = ("adaptive", "uniform")
 
 
-def _check_bound_args(sde: SDE, eps: float, n_samples: int, importance: str) -> float:
+def _check_bound_args(
+    sde: SDE, score: ScoreFn, eps: float, n_samples: int, importance: str
+) -> tuple[float, CheckedScore]:
+    """The checked ``eps`` and ``score`` (its output's shape and dtype checked on every call)."""
+    check_instance("sde", sde, SDE, "a diffscore SDE")
+    checked = CheckedScore(score)
     if importance not in IMPORTANCE:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {importance!r}")
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    return check_solve_eps(sde, eps)
+    return check_solve_eps(sde, eps), checked
 
 
 def variational_bound(
@@ -295,12 +309,13 @@ def variational_bound(
         prior_logp: ``z (B, *shape) -> (B,)`` log-density of the prior; default ``sde.prior_logp``.
 
     Raises:
-        ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty), ``eps`` outside (0, T) or with
-            std(eps) = 0, ``n_samples`` not an int >= 1.
+        ValueError / TypeError: bad ``x`` (non-float, NaN/inf, empty), ``sde`` not an SDE or ``score``
+            not callable (TypeError), a score output not a floating tensor shaped like its input (at the
+            first such call), ``eps`` outside (0, T) or with std(eps) = 0, ``n_samples`` not an int >= 1.
         FloatingPointError: the score returned NaN or inf.
     """
     check_data("x", x)
-    eps = _check_bound_args(sde, eps, n_samples, importance)
+    eps, score = _check_bound_args(sde, score, eps, n_samples, importance)
     return _estimate(
         sde, score, x, gaussian_decoder(x[0].numel()), eps, n_samples, generator, prior_logp, importance
     )
@@ -335,12 +350,13 @@ def likelihood_bound(
 
     Raises:
         ValueError / TypeError: non-integer values or values outside [0, num_bins), num_bins < 2, a bad
-            ``data_range`` or ``dtype``, ``eps`` outside (0, T) or with std(eps) = 0, ``n_samples`` not
-            an int >= 1.
+            ``data_range`` or a ``dtype`` other than float32 / float64, ``num_bins`` or ``data_range``
+            other than the model card's (``ScoreModel.card``), and the errors of
+            :func:`variational_bound` for ``sde``, ``score``, ``eps`` and ``n_samples``.
         FloatingPointError: the score returned NaN or inf.
     """
-    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype)
-    eps = _check_bound_args(sde, eps, n_samples, importance)
+    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype, score)
+    eps, score = _check_bound_args(sde, score, eps, n_samples, importance)
     centres = bin_centres(num_bins, (lo, hi), xf)
     x = lo + (hi - lo) * (xf + 0.5) / num_bins
     res = _estimate(

@@ -14,6 +14,7 @@ Zheng et al. 2023 (i-DODE) use a truncated normal around the bin centre, :class:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -49,11 +50,19 @@ class UniformDequantizer:
 class TruncatedNormalDequantizer:
     """u ~ N(1/2, scale^2) truncated to [0, 1] in every dimension (i-DODE's dequantization, Zheng et al.
     2023): for a model whose density concentrates near the bin centres, a small ``scale`` (in units of
-    the bin width) makes the dequantized bound nearly tight. Drawn by the inverse CDF."""
+    the bin width) makes the dequantized bound nearly tight. Drawn by the inverse CDF.
+
+    Raises:
+        TypeError / ValueError: ``scale`` not a real number in [1e-6, 1e3] (below, float32 cannot
+            resolve the draws; above, the truncated normal is the uniform density to 1e-7 and its mass
+            in the bin underflows: use :class:`UniformDequantizer`).
+    """
 
     def __init__(self, scale: float) -> None:
-        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
+        if not 1e-6 <= scale <= 1e3:
+            raise ValueError(f"scale must lie in [1e-6, 1e3] bin widths, got {scale!r}")
         self.scale = float(scale)
 
     def __call__(self, x: Tensor, generator: Generator = None) -> tuple[Tensor, Tensor]:
@@ -101,17 +110,24 @@ def dequantized_bits_per_dim(
 
     Raises:
         ValueError / TypeError: non-integer values or values outside [0, num_bins), num_bins < 2, a bad
-            ``data_range`` or ``dtype``, ``n_samples`` not an int >= 1, and the errors of
-            :func:`diffscore.log_likelihood`.
+            ``data_range``, a ``dtype`` other than float32 / float64, ``num_bins`` or ``data_range``
+            other than the model card's (``ScoreModel.card``), ``n_samples`` not an int >= 1, a
+            ``dequantizer`` that is not a callable instance or whose draw is not u like ``x_int`` in
+            [0, 1] with a finite log q (B,), and the errors of :func:`diffscore.log_likelihood`.
     """
     check_int("n_samples", n_samples, 1, value_error=True)
-    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype)
+    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype, score)
+    if dequantizer is not None and (isinstance(dequantizer, type) or not callable(dequantizer)):
+        raise TypeError(
+            "dequantizer must be a callable q(x_int, generator) -> (u, log_q), e.g. "
+            f"TruncatedNormalDequantizer(0.1), got {dequantizer!r}"
+        )
     q = dequantizer or UniformDequantizer()
     d = xf[0].numel()
     log_width = d * (math.log(hi - lo) - math.log(num_bins))  # log of the Jacobian of u -> y
     weights, nfe = [], 0
     for _ in range(n_samples):
-        u, log_q = q(xf, generator)
+        u, log_q = _checked_draw(q, xf, generator)
         y = lo + (hi - lo) * (xf + u) / num_bins
         res = log_likelihood(sde, score, y, generator=generator, **likelihood_kwargs)
         weights.append(res.logp + log_width - log_q)  # log of p(y) w^D / q(u)
@@ -121,3 +137,17 @@ def dequantized_bits_per_dim(
     per_draw = -logw / (d * math.log(2))
     stderr = per_draw.std(0) / math.sqrt(n_samples) if n_samples > 1 else torch.full_like(bound, math.inf)
     return DequantizedResult(bpd=bound, stderr=stderr, nfe=nfe)
+
+
+def _checked_draw(q: Dequantizer, x: Tensor, generator: Generator) -> tuple[Tensor, Tensor]:
+    """A draw of ``q`` at ``x`` (B, *shape): ``u`` like x in [0, 1], ``log_q`` (B,) finite, else an error
+    naming the dequantizer (one reduction per draw, next to an ODE solve)."""
+    u, log_q = q(x, generator)
+    shaped = isinstance(u, Tensor) and isinstance(log_q, Tensor)
+    shaped = shaped and u.shape == x.shape and log_q.shape == (x.shape[0],)
+    if not (shaped and bool(((u >= 0) & (u <= 1)).all() and log_q.isfinite().all())):
+        raise ValueError(
+            "dequantizer must return (u, log_q): u shaped like x_int with entries in [0, 1], "
+            "log_q (B,) finite"
+        )
+    return u, log_q

@@ -409,9 +409,10 @@ def bits_per_dim(
         ValueError / TypeError: ``x_int`` not a (B, *shape) tensor (TypeError), non-integer values,
             values outside [0, num_bins), num_bins not an int >= 2, an unknown ``dequantize``;
             ``data_range`` not a pair of numbers (TypeError) or not finite with lo < hi (ValueError);
-            ``dtype`` not a floating-point dtype (TypeError); and the errors of :func:`log_likelihood`.
+            ``dtype`` not float32 / float64 (TypeError); ``num_bins`` or ``data_range`` other than the
+            ones the model's card records (``ScoreModel.card``); and the errors of :func:`log_likelihood`.
     """
-    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype)
+    xf, lo, hi = check_discrete_batch(x_int, num_bins, data_range, dtype, score)
     if dequantize != "uniform":
         raise ValueError(
             f"dequantize must be 'uniform', got {dequantize!r} (a likelihood without dequantization is a "

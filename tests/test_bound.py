@@ -200,3 +200,70 @@ def test_bound_checks_its_arguments():
         likelihood_bound(sde, score, torch.tensor([[1]]), K, n_samples=0)
     with pytest.raises(ValueError, match="importance"):
         likelihood_bound(sde, score, torch.tensor([[1]]), K, importance="sobol")
+    # the score and the SDE are checked like the ODE likelihood's: a (B, 1) output would broadcast
+    with pytest.raises(TypeError, match="sde"):
+        likelihood_bound(None, score, torch.tensor([[1]]), K)
+    with pytest.raises(TypeError, match="score must be callable"):
+        likelihood_bound(sde, "score", torch.tensor([[1]]), K)
+    with pytest.raises(ValueError, match=r"score returned shape \(1, 1\) for a state of shape \(1, 2\)"):
+        likelihood_bound(sde, lambda x, t: x[:, :1], torch.tensor([[1, 2]]), K)
+    with pytest.raises(ValueError, match="inf"):
+        likelihood_bound(sde, score, torch.tensor([[math.inf]]), K)
+    with pytest.raises(TypeError, match="float32 or torch.float64"):
+        likelihood_bound(sde, score, torch.tensor([[1]]), K, dtype=torch.float16)
+
+
+def test_discrete_likelihoods_refuse_bins_other_than_the_models_card(tmp_path):
+    # scoring a 17-bin model's data as 256 bins gave ~1700 bits/dim with no other sign
+    sde = ds.VPSDE()
+    net = BinPosteriorNet(4, K, (LO, HI), sde_to_config(sde), hidden=8, depth=1)
+    ds.ScoreModel(net, sde, "noise").save_pretrained(
+        tmp_path / "m", metadata={"num_bins": K, "data_range": [LO, HI], "decoder": "categorical"}
+    )
+    model = ds.ScoreModel.from_pretrained(tmp_path / "m")
+    x = torch.tensor([[3, 9, 8, 16]])
+    for estimate in (likelihood_bound, ds.bits_per_dim, dequantized_bits_per_dim):
+        with pytest.raises(ValueError, match=f"pass num_bins={K}"):
+            estimate(sde, model, x)  # the default 256 bins
+        with pytest.raises(ValueError, match=r"pass data_range=\(-1.0, 1.0\)"):
+            estimate(sde, model, x, K, (0.0, 1.0))
+    assert likelihood_bound(sde, model, x, K, (LO, HI), n_samples=2).bpd.isfinite().all()
+
+
+def test_dequantizers_check_their_arguments_and_draws():
+    sde = ds.VPSDE()
+    score = GaussianMixture([1.0], torch.zeros(1, 1), 1.0).score_fn(sde)
+    x = torch.tensor([[1, 2]])
+    for bad in (0.0, 1e-7, 1e4, math.nan):
+        with pytest.raises(ValueError, match="scale"):
+            TruncatedNormalDequantizer(bad)
+    with pytest.raises(TypeError, match="scale"):
+        TruncatedNormalDequantizer(True)
+    with pytest.raises(TypeError, match="dequantizer"):
+        dequantized_bits_per_dim(sde, score, x, K, dequantizer=TruncatedNormalDequantizer)
+
+    def nan_log_q(x_int, generator):
+        return torch.full_like(x_int, 0.5), torch.full((x_int.shape[0],), math.nan)
+
+    def outside_the_bin(x_int, generator):
+        return torch.full_like(x_int, 1.5), torch.zeros(x_int.shape[0])
+
+    for q in (nan_log_q, outside_the_bin):
+        with pytest.raises(ValueError, match="dequantizer must return"):
+            dequantized_bits_per_dim(sde, score, x, K, dequantizer=q)
+
+
+def test_dataset_evaluations_name_their_bad_arguments():
+    from diffscore.evaluation import evaluate_bound, evaluate_bpd
+
+    sde = ds.VPSDE()
+    net = BinPosteriorNet(4, K, (LO, HI), sde_to_config(sde), hidden=8, depth=1)
+    model = ds.ScoreModel(net, sde, "noise")
+    x = torch.tensor([[3, 9, 8, 16]])
+    # std(1e-300) is ~1e-151 bin widths: no float32 draw of the truncated normal resolves it
+    with pytest.raises(ValueError, match="eps=1e-300 is too small for truncated-normal"):
+        evaluate_bpd(model.eval(), x, K, (LO, HI), eps=1e-300, dequantization="truncated_normal")
+    with pytest.raises(ValueError, match="eps"):
+        evaluate_bpd(model, x, K, (LO, HI), eps=-1.0, dequantization="truncated_normal")
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate_bound(model, x, K, (LO, HI), batch_size=0)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import distributed as dd
+from .._checks import check_data_range, check_int, check_solve_eps
 from ..bound import likelihood_bound
 from ..data import gaussian_moments
 from ..dequantization import TruncatedNormalDequantizer, dequantized_bits_per_dim
@@ -79,6 +80,11 @@ def evaluate_bpd(
     Returns:
         ``(bpd, nfe)``: bpd (N,) on the CPU in bits/dim, and the score evaluations summed over batches
         (and processes).
+
+    Raises:
+        ValueError: an unknown ``errors`` or ``dequantization``; with truncated-normal dequantization,
+            an ``eps`` whose std(eps) is below 1e-6 bin widths. And the errors of
+            :func:`diffscore.bits_per_dim` / :func:`diffscore.dequantized_bits_per_dim`.
     """
     p = next(iter(model.parameters()), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
@@ -92,9 +98,19 @@ def evaluate_bpd(
         raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
     if dequantization not in DEQUANTIZATIONS:
         raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
-    lo, hi = data_range
-    std_eps = float(model.sde.var(torch.tensor([eps], dtype=torch.float64)).sqrt())
-    truncated = TruncatedNormalDequantizer(std_eps * num_bins / (hi - lo))
+    truncated = None
+    if dequantization == "truncated_normal":
+        lo, hi = check_data_range(data_range)
+        std_eps = float(
+            model.sde.var(torch.tensor([check_solve_eps(model.sde, eps)], dtype=torch.float64)).sqrt()
+        )
+        scale = std_eps * num_bins / (hi - lo)
+        if not scale >= 1e-6:
+            raise ValueError(
+                f"eps={eps:g} is too small for truncated-normal dequantization: std(eps) is {scale:.3g} bin "
+                "widths (at least 1e-6 needed)"
+            )
+        truncated = TruncatedNormalDequantizer(scale)
 
     def batch_bpd(indices: range) -> Tensor:
         chunk = x_int[indices.start : indices.stop].to(device)
@@ -148,7 +164,14 @@ def evaluate_bound(
     Returns:
         ``{"bpd": (N,), "stderr": (N,)}`` on the CPU in bits/dim, ``"stderr_mean"`` (the standard error
         of the mean over the images) and ``"nfe"`` (score evaluations per image).
+
+    The importance density over the log-SNR is fitted on each batch (:func:`diffscore.likelihood_bound`),
+    so an image's draws, not their expectation, depend on its batch-mates.
+
+    Raises:
+        ValueError: ``batch_size`` not an int >= 1, and the errors of :func:`diffscore.likelihood_bound`.
     """
+    check_int("batch_size", batch_size, 1, value_error=True)
     p = next(iter(model.parameters()), None)
     device, dtype = (p.device, p.dtype) if p is not None else (torch.device("cpu"), torch.get_default_dtype())
     bpd, stderr, nfe = [], [], 0

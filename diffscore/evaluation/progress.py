@@ -42,12 +42,13 @@ class SolveProgress:
 
     def wrap(self, score: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
         """``score`` with every call counted (and shown at most ten times a second, and after each batch);
-        its ``score_and_divergence``, where it has one, is kept and counted too."""
+        its ``score_and_divergence``, where it has one, is kept and counted too, and its ``card``."""
 
         def counted(x: Tensor, t: Any) -> Tensor:
             self._count(t)
             return score(x, t)
 
+        counted.card = getattr(score, "card", None)  # what the model says about its data, for the gates
         pair = getattr(score, "score_and_divergence", None)
         if pair is not None:
 
