@@ -22,7 +22,9 @@ model = trainer.best_model()
 model.save_pretrained("runs/digits_example/model", metadata=trainer.metadata())
 
 test = trainer.test_data.images
-bpd, nfe = evaluate_bpd(model, test, trainer.num_bins, config.data_range, rtol=1e-4, atol=1e-4, progress=True)
+bpd = evaluate_bpd(model, test, trainer.num_bins, config.data_range, rtol=1e-4, atol=1e-4, progress=True)[
+    "bpd"
+]
 baseline = gaussian_baseline_bpd(trainer.train_data.images, test, trainer.num_bins, config.data_range)
 print("test bits/dim      ", summarize(bpd))
 print("Gaussian baseline  ", summarize(baseline))

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from diffscore import ScoreModel
 from diffscore.cli import main
 from diffscore.data import load_digits, uniform_dequantize
-from diffscore.evaluation import gaussian_baseline_bpd
+from diffscore.evaluation import evaluate_bpd, gaussian_baseline_bpd
 from diffscore.training import latest_checkpoint
 
 SMOKE = [
@@ -133,9 +134,25 @@ def test_bpd_estimators_reproduce_the_likelihood_models_report(run, capsys):
         assert got[key] == pytest.approx(lm["elbo"][key], abs=1e-4)
     common = ["--estimator", "ode-truncated-normal", "--seed", "12345", "--rtol", "1e-4", "--atol", "1e-4"]
     assert main([*args, *common]) == 0
-    got = numbers(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert "1 draw per image (no s.e." in out
+    got = numbers(out)
     for key in ("mean", "median", "worst"):
         assert got[key] == pytest.approx(lm["ode_truncated_normal"][key], abs=1e-3)
+    # two dequantization draws: the importance-weighted bound and its standard error, as the API gives
+    assert main([*args[:4], "4", "--no-progress", *common, "--samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 weighted draws per image" in out
+    printed_se = float(re.search(r"\+- ([\d.]+) s\.e\. of the mean", out).group(1))
+    model = ScoreModel.from_pretrained(run / "bound_model")
+    images = load_digits("test").images[:4]
+    res = evaluate_bpd(
+        model, images, 17, (-1.0, 1.0), seed=12345, eps=model.card.likelihood_eps, rtol=1e-4, atol=1e-4,
+        n_samples=2, dequantization="truncated_normal",
+    )  # fmt: skip
+    assert res["stderr"].isfinite().all() and res["stderr_mean"] > 0
+    assert printed_se == pytest.approx(res["stderr_mean"], abs=1e-4)
+    assert numbers(out)["mean"] == pytest.approx(float(res["bpd"].mean()), abs=1e-4)
 
 
 def test_bpd_estimator_errors_are_one_line(run, capsys):

@@ -1,9 +1,11 @@
 """Bits/dim over a dataset: the model's exact likelihood per image, summaries, and a closed-form baseline.
 
-:func:`evaluate_bpd` runs :func:`diffscore.bits_per_dim` over every image of a dataset in batches,
-each image with its own seeded generator (its dequantization noise and probe do not depend on its
-batch-mates), split over the processes of a torchrun job when there is one. :func:`gaussian_baseline_bpd`
-is the bits/dim of the full-covariance Gaussian fit, in closed form: the number a score model must beat.
+:func:`evaluate_bpd` runs the exact ODE bits/dim (:func:`diffscore.bits_per_dim`, or another
+dequantization) over every image of a dataset in batches, each image with its own seeded generator (its
+dequantization noise and probe do not depend on its batch-mates), split over the processes of a torchrun
+job when there is one; :func:`evaluate_bound` does the same for the variational bound.
+:func:`gaussian_baseline_bpd` is the bits/dim of the full-covariance Gaussian fit, in closed form: the
+number a score model must beat.
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from .. import distributed as dd
 from .._checks import check_data_range, check_int, check_solve_eps
 from ..bound import likelihood_bound
 from ..data import gaussian_moments
-from ..dequantization import TruncatedNormalDequantizer, dequantized_bits_per_dim
-from ..likelihood import bits_per_dim
+from ..dequantization import TruncatedNormalDequantizer, UniformDequantizer, dequantized_bits_per_dim
 from ..score import ScoreModel
 from .progress import SolveProgress
 
@@ -46,8 +47,11 @@ def evaluate_bpd(
     shard: bool = True,
     errors: str = "raise",
     dequantization: str = "uniform",
-) -> tuple[Tensor, int]:
-    """Bits/dim of every image of ``x_int`` under ``model`` (:func:`diffscore.bits_per_dim`).
+    n_samples: int = 1,
+) -> dict[str, Tensor | float | int]:
+    """Bits/dim of every image of ``x_int`` under ``model`` from the exact ODE likelihood with the
+    chosen dequantization (:func:`diffscore.dequantized_bits_per_dim`; with ``n_samples = 1`` and
+    uniform dequantization, :func:`diffscore.bits_per_dim`).
 
     Each image gets its own generator, seeded ``seed + i`` for image i, for its dequantization noise
     (and Hutchinson probe), so a result does not depend on ``batch_size`` or on the other images in
@@ -72,17 +76,21 @@ def evaluate_bpd(
             evaluation) or "nan" (the images of that batch get NaN and the others go on: how a trainer
             validates a model that may have gone bad without stopping, and without leaving the other
             processes of a torchrun job waiting).
+        n_samples: dequantization draws per image: the importance-weighted bound over them, and the
+            standard error of their mean (with one draw there is none: ``stderr`` is inf).
         dequantization: "uniform" (:func:`diffscore.bits_per_dim`) or "truncated_normal": N(1/2, s^2)
             truncated to the bin, s = std(eps) / bin width, the width the model's density has around a
             bin centre when it puts its mass on the centres (Zheng et al. 2023;
             :func:`diffscore.dequantized_bits_per_dim`).
 
     Returns:
-        ``(bpd, nfe)``: bpd (N,) on the CPU in bits/dim, and the score evaluations summed over batches
-        (and processes).
+        ``{"bpd": (N,), "stderr": (N,)}`` on the CPU in bits/dim, ``"stderr_mean"`` (the standard error
+        of the mean over the images) and ``"nfe"`` (score evaluations summed over the solves of all
+        batches, draws and processes), the keys of :func:`evaluate_bound`.
 
     Raises:
-        ValueError: an unknown ``errors`` or ``dequantization``; with truncated-normal dequantization,
+        ValueError: an unknown ``errors`` or ``dequantization``, ``n_samples`` not an int >= 1; with
+            truncated-normal dequantization,
             an ``eps`` whose std(eps) is below 1e-6 bin widths. And the errors of
             :func:`diffscore.bits_per_dim` / :func:`diffscore.dequantized_bits_per_dim`.
     """
@@ -98,7 +106,8 @@ def evaluate_bpd(
         raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
     if dequantization not in DEQUANTIZATIONS:
         raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
-    truncated = None
+    check_int("n_samples", n_samples, 1, value_error=True)
+    q = UniformDequantizer()
     if dequantization == "truncated_normal":
         lo, hi = check_data_range(data_range)
         std_eps = float(
@@ -110,41 +119,45 @@ def evaluate_bpd(
                 f"eps={eps:g} is too small for truncated-normal dequantization: std(eps) is {scale:.3g} bin "
                 "widths (at least 1e-6 needed)"
             )
-        truncated = TruncatedNormalDequantizer(scale)
+        q = TruncatedNormalDequantizer(scale)
 
     def batch_bpd(indices: range) -> Tensor:
+        """(len(indices), 2): bits/dim and its standard error per image."""
+        nonlocal nfe
         chunk = x_int[indices.start : indices.stop].to(device)
         gens = [torch.Generator(device).manual_seed(seed + i) for i in indices]
         try:
-            return solve(chunk, gens)
+            res = dequantized_bits_per_dim(
+                model.sde, score, chunk, num_bins, data_range, q, n_samples, gens, dtype,
+                divergence=divergence, eps=eps, rtol=rtol, atol=atol, method=method,
+            )  # fmt: skip
         except FloatingPointError:
             if errors == "raise":
                 raise
-            return torch.full((len(indices),), math.nan)
+            return torch.full((len(indices), 2), math.nan)
         finally:
             bar.advance(len(indices))
-
-    def solve(chunk: Tensor, gens: list[torch.Generator]) -> Tensor:
-        nonlocal nfe
-        kw = dict(divergence=divergence, eps=eps, rtol=rtol, atol=atol, method=method)
-        if dequantization == "uniform":
-            res = bits_per_dim(
-                model.sde, score, chunk, num_bins, data_range, generator=gens, dtype=dtype, **kw
-            )
-        else:
-            res = dequantized_bits_per_dim(
-                model.sde, score, chunk, num_bins, data_range, truncated, generator=gens, dtype=dtype, **kw
-            )
         nfe += res.nfe
-        return res.bpd.detach().cpu()
+        return torch.stack([res.bpd, res.stderr], 1).detach().cpu()
 
     if shard:
-        bpd = dd.map_sharded(batch_bpd, n, batch_size)
+        values = dd.map_sharded(batch_bpd, n, batch_size)
         nfe = dd.sum_over_ranks(nfe)
     else:
-        bpd = torch.cat([batch_bpd(b) for b in mine])
+        values = torch.cat([batch_bpd(b) for b in mine])
     bar.close()
-    return bpd, nfe
+    return _evaluation(values[:, 0], values[:, 1], nfe)
+
+
+def _evaluation(bpd: Tensor, stderr: Tensor, nfe: int) -> dict[str, Tensor | float | int]:
+    """The dict of :func:`evaluate_bpd` and :func:`evaluate_bound`; images' errors are independent, so
+    the standard error of the mean is ``sqrt(sum stderr_i^2) / N``."""
+    return {
+        "bpd": bpd,
+        "stderr": stderr,
+        "stderr_mean": float(stderr.double().square().sum().sqrt()) / stderr.numel(),
+        "nfe": nfe,
+    }
 
 
 def evaluate_bound(
@@ -185,13 +198,7 @@ def evaluate_bound(
         bpd.append(res.bpd.cpu())
         stderr.append(res.bpd_stderr.cpu())
         nfe = res.nfe
-    bpd_all, se = torch.cat(bpd), torch.cat(stderr)
-    return {
-        "bpd": bpd_all,
-        "stderr": se,
-        "stderr_mean": float(se.double().square().sum().sqrt()) / se.numel(),
-        "nfe": nfe,
-    }
+    return _evaluation(torch.cat(bpd), torch.cat(stderr), nfe)
 
 
 def gaussian_baseline_bpd(

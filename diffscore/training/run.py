@@ -296,9 +296,10 @@ def _announce(trainer: Trainer, echo: Callable[[str], None]) -> None:
 def _test_bpd(
     trainer: Trainer, model: torch.nn.Module, images: Tensor, progress: bool, desc: str, dequantization: str
 ) -> tuple[Tensor, int]:
-    """Exact-ODE bits/dim of every test image under ``model`` with the run's evaluation options."""
+    """Exact-ODE bits/dim of every test image under ``model`` with the run's evaluation options:
+    ``(bpd (N,), nfe)``."""
     cfg = trainer.config
-    return evaluate_bpd(
+    res = evaluate_bpd(
         model,
         images,
         trainer.num_bins,
@@ -313,6 +314,7 @@ def _test_bpd(
         desc=desc,
         dequantization=dequantization,
     )
+    return res["bpd"], res["nfe"]
 
 
 def _evaluate_test(trainer: Trainer, model: torch.nn.Module, progress: bool) -> dict[str, Any]:

@@ -372,7 +372,7 @@ class Trainer:
         cfg = self.config
         images = self.val_data.images[: cfg.val_limit]
         start = time.perf_counter()
-        bpd, nfe = evaluate_bpd(
+        res = evaluate_bpd(
             self.ema,
             images,
             self.num_bins,
@@ -385,7 +385,7 @@ class Trainer:
             atol=cfg.atol,
             errors="nan",  # a model gone bad scores NaN (never selected) instead of ending the run
         )
-        stats = summarize(bpd)
+        stats = summarize(res["bpd"])
         improved = math.isfinite(stats["mean"]) and (self.best_val is None or stats["mean"] < self.best_val)
         if improved:
             self.best_val, self.best_step = stats["mean"], self.step
@@ -395,7 +395,7 @@ class Trainer:
             "step": self.step,
             "divergence": cfg.val_divergence,
             **stats,
-            "nfe": nfe,
+            "nfe": res["nfe"],
             "seconds": time.perf_counter() - start,
             "best": improved,
         }
