@@ -89,8 +89,7 @@ def evaluate_bpd(
         batches, draws and processes), the keys of :func:`evaluate_bound`.
 
     Raises:
-        ValueError: an unknown ``errors`` or ``dequantization``, ``n_samples`` not an int >= 1; with
-            truncated-normal dequantization,
+        ValueError: an unknown ``errors`` or ``dequantization``; with truncated-normal dequantization,
             an ``eps`` whose std(eps) is below 1e-6 bin widths. And the errors of
             :func:`diffscore.bits_per_dim` / :func:`diffscore.dequantized_bits_per_dim`.
     """
@@ -106,7 +105,6 @@ def evaluate_bpd(
         raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
     if dequantization not in DEQUANTIZATIONS:
         raise ValueError(f"dequantization must be one of {DEQUANTIZATIONS}, got {dequantization!r}")
-    check_int("n_samples", n_samples, 1, value_error=True)
     q = UniformDequantizer()
     if dequantization == "truncated_normal":
         lo, hi = check_data_range(data_range)
